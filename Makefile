@@ -1,0 +1,21 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+
+.PHONY: demo test ui env
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VENV)
+	touch $@
+
+env: $(VENV)/.installed
+
+demo: env  ## the main job: every technique on the embedded SmolLM2-135M, smoke profile
+	$(PY) -m llmopt_assets.demo
+
+test: env  ## the whole test suite
+	$(PY) -m pytest -q
+
+ui: env  ## the Dagster UI over this project's runs
+	$(VENV)/bin/dagster dev -w workspace.yaml

@@ -1,0 +1,71 @@
+"""Evaluation and calibration corpora, tokenized per model."""
+
+import hashlib
+
+import dagster as dg
+from transformers import AutoTokenizer
+
+from llmopt_assets.defs.partitions import model_partitions
+from llmopt_assets.defs.resources import ModelStoreResource
+from llmopt_assets.measure.corpus import (
+    EVAL_JOINER,
+    WIKITEXT2_RAW_TEST,
+    WIKITEXT2_VALID,
+    corpus_text,
+    save_tokens,
+    tokenize_stream,
+)
+
+EVAL_FILE = "wikitext2-test.safetensors"
+CALIBRATION_FILE = "wikitext2-valid.safetensors"
+
+
+def _tokenize_to_store(
+    context: dg.AssetExecutionContext, model_store: ModelStoreResource, source, filename: str, joiner: str
+) -> dg.MaterializeResult:
+    store = model_store.store()
+    slug = context.partition_key
+    tokenizer_dir = store.root / store.manifest(slug, "base").weights_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    text = corpus_text(source, joiner)
+    stream = tokenize_stream(tokenizer, text)
+    path = store.root / slug / "corpora" / filename
+    text_sha = hashlib.sha256(text.encode()).hexdigest()
+    save_tokens(path, stream, {"source": source.name, "joiner": repr(joiner), "text_sha256": text_sha})
+    return dg.MaterializeResult(
+        metadata={
+            "tokens": dg.MetadataValue.int(len(stream)),
+            "characters": dg.MetadataValue.int(len(text)),
+            "source": dg.MetadataValue.path(str(source)),
+            "text_sha256": text_sha,
+            "joiner": repr(joiner),
+            "path": dg.MetadataValue.path(str(path)),
+        },
+        data_version=dg.DataVersion(text_sha[:16]),
+    )
+
+
+@dg.asset(
+    partitions_def=model_partitions,
+    deps=["base_model"],
+    group_name="data",
+    kinds={"safetensors"},
+)
+def eval_corpus(context: dg.AssetExecutionContext, model_store: ModelStoreResource) -> dg.MaterializeResult:
+    """WikiText-2 raw test split, rows joined with "\\n\\n", tokenized with the model's tokenizer
+    into one stream (the perplexity protocol's corpus)."""
+    return _tokenize_to_store(context, model_store, WIKITEXT2_RAW_TEST, EVAL_FILE, EVAL_JOINER)
+
+
+@dg.asset(
+    partitions_def=model_partitions,
+    deps=["base_model"],
+    group_name="data",
+    kinds={"safetensors"},
+)
+def calibration_corpus(
+    context: dg.AssetExecutionContext, model_store: ModelStoreResource
+) -> dg.MaterializeResult:
+    """WikiText-2 valid split, held apart from evaluation: calibration for head pruning and
+    SparseGPT, training text for distillation."""
+    return _tokenize_to_store(context, model_store, WIKITEXT2_VALID, CALIBRATION_FILE, "")

@@ -1,0 +1,45 @@
+"""Jobs (one per partitioning), the registry sensor that adds models, the re-benchmark schedule."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from llmopt_assets.defs.partitions import model_partitions, variant_partitions
+from llmopt_assets.models.registry import DEFAULT_REGISTRY, load_registry
+
+prepare_models_job = dg.define_asset_job(
+    "prepare_models_job",
+    selection=["base_model", "eval_corpus", "calibration_corpus", "distilled_student"],
+    partitions_def=model_partitions,
+    description="Per model: base weights into the store, tokenized corpora, the distilled student.",
+)
+variants_job = dg.define_asset_job(
+    "variants_job",
+    selection=["compressed_variant", "perplexity_run"],
+    partitions_def=variant_partitions,
+    description="Per model × technique: build the variant, then measure it.",
+)
+scoring_job = dg.define_asset_job(
+    "scoring_job",
+    selection=["measurements", "opt_scores", "trade_off_charts"],
+    description="Gather every measurement, score the trade-offs, draw the charts.",
+)
+
+rebenchmark_schedule = dg.ScheduleDefinition(
+    name="weekly_rescoring",
+    job=scoring_job,
+    cron_schedule="0 3 * * 1",
+    description="Re-gather and re-score measurements weekly (full re-benchmarking arrives with "
+    "the orchestration work: code/data versions decide what is stale).",
+)
+
+
+@dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def model_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    """Adds every model slug listed in models.yaml as a `model` partition."""
+    known = set(context.instance.get_dynamic_partitions(model_partitions.name))
+    listed = set(load_registry(Path(DEFAULT_REGISTRY)))
+    new = sorted(listed - known)
+    return dg.SensorResult(
+        dynamic_partitions_requests=[model_partitions.build_add_request(new)] if new else []
+    )

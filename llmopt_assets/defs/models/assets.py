@@ -1,0 +1,230 @@
+"""Model weights: the base model, the distilled student and every compressed variant."""
+
+import dagster as dg
+
+from llmopt_assets.defs.partitions import model_of_variant, model_partitions, variant_key, variant_partitions
+from llmopt_assets.defs.resources import (
+    ComputeResource,
+    EvaluationProfileResource,
+    ModelRegistryResource,
+    ModelStoreResource,
+)
+from llmopt_assets.measure.corpus import load_tokens
+from llmopt_assets.models.sources import load_source
+from llmopt_assets.models.store import Manifest
+from llmopt_assets.techniques import head_pruning, quantization, sparsegpt
+from llmopt_assets.techniques.recipe import BASE, parse
+from llmopt_assets.techniques.variants import build_student, prune
+
+CALIBRATION_FILE = "wikitext2-valid.safetensors"
+
+
+def manifest_metadata(manifest: Manifest) -> dict:
+    return {
+        "fingerprint": manifest.fingerprint,
+        "parent_fingerprint": manifest.parent_fingerprint or "",
+        "parameters": dg.MetadataValue.int(manifest.parameter_count),
+        "bytes_on_disk": dg.MetadataValue.int(manifest.bytes_on_disk),
+        "recipe": dg.MetadataValue.json(manifest.recipe),
+        "load": dg.MetadataValue.json(manifest.load),
+        "weights_dir": manifest.weights_dir,
+    }
+
+
+@dg.asset(partitions_def=model_partitions, group_name="models", kinds={"pytorch", "safetensors"})
+def base_model(
+    context: dg.AssetExecutionContext, registry: ModelRegistryResource, model_store: ModelStoreResource
+) -> dg.MaterializeResult:
+    """The model as loaded from its source (hub id, local directory or embedded GGUF), in fp32,
+    saved to the model store: the reference every change ratio is measured against."""
+    spec = registry.spec(context.partition_key)
+    model, tokenizer = load_source(spec)
+    manifest = model_store.store().write_weights(
+        spec.slug,
+        BASE,
+        model,
+        tokenizer,
+        recipe=[{"step": "load", "source": spec.source, "location": spec.location}],
+        parent_fingerprint=None,
+        details={"notes": spec.notes, "architecture": model.config.model_type},
+    )
+    context.log.info(f"{spec.slug}: {manifest.parameter_count:,} parameters, sha256 {manifest.fingerprint[:12]}")
+    return dg.MaterializeResult(
+        metadata=manifest_metadata(manifest), data_version=dg.DataVersion(manifest.fingerprint[:16])
+    )
+
+
+@dg.asset(
+    partitions_def=model_partitions,
+    deps=["base_model", "calibration_corpus"],
+    group_name="models",
+    kinds={"pytorch", "safetensors"},
+)
+def distilled_student(
+    context: dg.AssetExecutionContext,
+    registry: ModelRegistryResource,
+    model_store: ModelStoreResource,
+    profile: EvaluationProfileResource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    """A student with half the teacher's layers, trained on the teacher's soft labels (forward KL
+    with temperature, DistilGPT2 recipe) on the held-apart WikiText-2 valid split; or the
+    registry's published student (gpt2 -> distilgpt2) for paper parity."""
+    compute.apply_threads()
+    slug = context.partition_key
+    store = model_store.store()
+    teacher_manifest = store.manifest(slug, BASE)
+    teacher, tokenizer = store.load(teacher_manifest, device=compute.resolved_device())
+    stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
+    student, details = build_student(
+        teacher, stream, profile.get(), "forward", registry.spec(slug), log=context.log.info
+    )
+    manifest = store.write_weights(
+        slug,
+        "kd",
+        student,
+        tokenizer,
+        recipe=[{"step": "distill", "key": "kd", "divergence": "forward"}],
+        parent_fingerprint=teacher_manifest.fingerprint,
+        details=details,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **manifest_metadata(manifest),
+            "final_loss": dg.MetadataValue.float(float(details.get("final_loss", float("nan")))),
+            "distillation": dg.MetadataValue.json(details),
+        },
+        data_version=dg.DataVersion(manifest.fingerprint[:16]),
+    )
+
+
+VARIANT_CHECKS = [
+    dg.AssetCheckSpec("heads_really_removed", asset="compressed_variant"),
+    dg.AssetCheckSpec("exact_n_m_sparsity", asset="compressed_variant"),
+    dg.AssetCheckSpec("modules_really_quantized", asset="compressed_variant"),
+]
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    deps=[
+        dg.AssetDep("base_model", partition_mapping=model_of_variant),
+        dg.AssetDep("distilled_student", partition_mapping=model_of_variant),
+        dg.AssetDep("calibration_corpus", partition_mapping=model_of_variant),
+    ],
+    check_specs=VARIANT_CHECKS,
+    group_name="models",
+    kinds={"pytorch", "safetensors"},
+    pool="cpu",
+)
+def compressed_variant(
+    context: dg.AssetExecutionContext,
+    model_store: ModelStoreResource,
+    profile: EvaluationProfileResource,
+    compute: ComputeResource,
+    registry: ModelRegistryResource,
+):
+    """The model after its technique's recipe, in a fixed order: distil (the student), prune
+    (attention heads, then SparseGPT / magnitude weights), quantize (bitsandbytes, applied when the
+    variant is loaded). Checks: heads really removed, exact 2:4 pattern, modules really quantized."""
+    compute.apply_threads()
+    slug, technique = variant_key(context)
+    recipe = parse(technique)
+    store = model_store.store()
+    full_recipe = [dict(step) for step in recipe.steps]
+    quant = recipe.step("quantize")
+    load = {"quantization": quant["scheme"]} if quant else {}
+    prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
+    parent_key = recipe.parent_key
+    if parent_key == "kd-rkl" and not store.exists(slug, "kd-rkl"):
+        teacher_manifest = store.manifest(slug, BASE)
+        teacher, tokenizer = store.load(teacher_manifest)
+        stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
+        student, details = build_student(
+            teacher, stream, profile.get(), "reverse", registry.spec(slug), log=context.log.info
+        )
+        store.write_weights(
+            slug, "kd-rkl", student, tokenizer,
+            recipe=[{"step": "distill", "key": "kd-rkl", "divergence": "reverse"}],
+            parent_fingerprint=teacher_manifest.fingerprint, details=details,
+        )
+    parent = store.manifest(slug, parent_key)
+    details: dict = {}
+    if not prunes:
+        manifest = (
+            parent
+            if technique == parent_key
+            else store.write_derived(slug, technique, parent, recipe=full_recipe, load=load)
+        )
+    else:
+        model, tokenizer = store.load(parent)
+        stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
+        outcome = prune(model, recipe, stream, profile.get(), log=context.log.info)
+        details = outcome.details
+        heads = outcome.heads
+        manifest = store.write_weights(
+            slug,
+            technique,
+            model,
+            tokenizer,
+            recipe=full_recipe,
+            parent_fingerprint=parent.fingerprint,
+            details=details,
+            extra_files=(lambda d: head_pruning.save_head_spec(d, heads)) if heads else None,
+        )
+        if load:
+            manifest = store.write_derived(
+                slug, technique, manifest, recipe=full_recipe, load=load, details=details
+            )
+    yield dg.MaterializeResult(
+        metadata={**manifest_metadata(manifest), "details": dg.MetadataValue.json(details)},
+        data_version=dg.DataVersion(manifest.fingerprint[:16]),
+    )
+    yield from variant_checks(store, manifest, recipe, details)
+
+
+def variant_checks(store, manifest: Manifest, recipe, details: dict):
+    heads = details.get("prune-heads")
+    if heads is None:
+        yield dg.AssetCheckResult(check_name="heads_really_removed", passed=True, metadata={"applies": False})
+    else:
+        drop = heads["parameters_before"] - heads["parameters_after"]
+        yield dg.AssetCheckResult(
+            check_name="heads_really_removed",
+            passed=heads["heads_removed"] > 0 and drop == heads["expected_parameter_drop"],
+            metadata={
+                "heads_removed": heads["heads_removed"],
+                "parameter_drop": drop,
+                "expected_parameter_drop": heads["expected_parameter_drop"],
+                "heads_per_layer_after": dg.MetadataValue.json(heads["heads_per_layer_after"]),
+            },
+        )
+    weights = recipe.step("prune-weights")
+    if weights is None or not weights["prune_n"]:
+        yield dg.AssetCheckResult(check_name="exact_n_m_sparsity", passed=True, metadata={"applies": False})
+    else:
+        model, _ = store.load(manifest, verify=False, quantize=False)
+        violations, matrices, zeros, total = sparsegpt.count_n_m_violations(
+            model, weights["prune_n"], weights["prune_m"]
+        )
+        yield dg.AssetCheckResult(
+            check_name="exact_n_m_sparsity",
+            passed=violations == 0 and matrices > 0,
+            metadata={
+                "violating_groups": violations,
+                "pruned_matrices": matrices,
+                "sparsity": dg.MetadataValue.float(zeros / total if total else float("nan")),
+            },
+        )
+    scheme = manifest.load.get("quantization")
+    if not scheme:
+        yield dg.AssetCheckResult(check_name="modules_really_quantized", passed=True, metadata={"applies": False})
+    else:
+        model, _ = store.load(manifest, verify=False)
+        quantized = quantization.count_quantized_modules(model)
+        expected = len(quantization.quantizable_linear_names(model))
+        yield dg.AssetCheckResult(
+            check_name="modules_really_quantized",
+            passed=quantized > 0 and quantized == expected,
+            metadata={"quantized_modules": quantized, "quantizable_modules": expected, "scheme": scheme},
+        )

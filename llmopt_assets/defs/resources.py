@@ -1,0 +1,135 @@
+"""Resources: compute device, model store, energy meter, evaluation profile, registry, tables."""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import torch
+
+from llmopt_assets.measure.energy import EnergyMeter, make_meter
+from llmopt_assets.models.registry import DEFAULT_REGISTRY, ModelSpec, load_registry, resolve
+from llmopt_assets.models.store import ModelStore
+from llmopt_assets.profiles import EvaluationProfile, get_profile
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_VAR = PROJECT_ROOT / "var"
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """Where and how models run: device ('auto' = CUDA when present, else CPU), compute dtype
+    for measurements, CPU threads (0 = torch's default)."""
+
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"compute device {self.device!r} requested but no CUDA GPU is visible")
+        return self.device
+
+    def torch_dtype(self) -> torch.dtype:
+        from llmopt_assets.measure.perplexity import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"compute dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        return DTYPES[self.dtype]
+
+    def apply_threads(self) -> int:
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        return torch.get_num_threads()
+
+
+class ModelStoreResource(dg.ConfigurableResource):
+    """Safetensors artifacts with manifests, written atomically under `root`."""
+
+    root: str = str(DEFAULT_VAR / "store")
+
+    def store(self) -> ModelStore:
+        return ModelStore(Path(self.root))
+
+
+class EnergyMeterResource(dg.ConfigurableResource):
+    """Which energy meter measures each repetition: auto, nvml, rapl, carbontracker, codecarbon,
+    cpu-time. PUE 1.0 by default (carbontracker's own 1.58 is removed and kept in the raw data)."""
+
+    meter: str = "auto"
+    pue: float = 1.0
+
+    def make(self) -> EnergyMeter:
+        return make_meter(self.meter, pue=self.pue)
+
+
+class EvaluationProfileResource(dg.ConfigurableResource):
+    """smoke (minutes on 2 cores) or paper (whole test split, 30 repetitions)."""
+
+    profile: str = "smoke"
+    repetitions: int | None = None
+    max_tokens: int | None = None
+
+    def get(self) -> EvaluationProfile:
+        overrides = {
+            name: value
+            for name, value in (("repetitions", self.repetitions), ("max_tokens", self.max_tokens))
+            if value is not None
+        }
+        return get_profile(self.profile, **overrides)
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    path: str = str(DEFAULT_REGISTRY)
+
+    def spec(self, slug: str) -> ModelSpec:
+        return resolve(slug, load_registry(Path(self.path)))
+
+    def slugs(self) -> list[str]:
+        return sorted(load_registry(Path(self.path)))
+
+
+class PolarsParquetIOManager(dg.ConfigurableIOManager):
+    """Tables as Parquet, one file per partition; a downstream table over many partitions reads
+    those that exist and concatenates them."""
+
+    root: str = str(DEFAULT_VAR / "tables")
+
+    def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
+        base = Path(self.root).joinpath(*asset_key.path)
+        if partition is None:
+            return base.with_suffix(".parquet")
+        return base / f"{partition.replace('|', '__')}.parquet"
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        partition = context.partition_key if context.has_partition_key else None
+        path = self._path(context.asset_key, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".parquet.tmp")
+        obj.write_parquet(staging)
+        staging.replace(path)  # atomic: a reader never sees half a table
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        key = context.upstream_output.asset_key
+        if not context.has_asset_partitions:
+            return pl.read_parquet(self._path(key, None))
+        paths = [self._path(key, p) for p in context.asset_partition_keys]
+        present = [p for p in paths if p.is_file()]
+        if not present:
+            raise FileNotFoundError(f"no materialized partition of {key.to_user_string()} under {self.root}")
+        return pl.concat([pl.read_parquet(p) for p in present], how="diagonal_relaxed")
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(
+        resources={
+            "compute": ComputeResource(),
+            "model_store": ModelStoreResource(),
+            "energy_meter": EnergyMeterResource(),
+            "profile": EvaluationProfileResource(),
+            "registry": ModelRegistryResource(),
+            "io_manager": PolarsParquetIOManager(),
+        }
+    )

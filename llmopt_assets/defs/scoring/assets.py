@@ -1,0 +1,42 @@
+"""Scores and charts: the opt-score table over every measured variant, and the trade-off charts."""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from llmopt_assets.defs.resources import DEFAULT_VAR
+from llmopt_assets.scoring.charts import markdown_table, png_markdown, trade_off_chart
+from llmopt_assets.scoring.table import opt_table
+
+REPORTS_DIR = DEFAULT_VAR / "reports"
+
+
+@dg.asset(group_name="scoring", kinds={"polars"})
+def opt_scores(context: dg.AssetExecutionContext, measurements: pl.DataFrame) -> pl.DataFrame:
+    """Per variant: Pc (perplexity ratio), Tc and Ec (time and energy ratios with 95% CIs and a
+    Welch significance flag) against the same model's base, and opt = Pc^1.5·(α·Tc + β·Ec) for the
+    balanced, energy and runtime presets (paper Eq. 1, Table 3). Lower is better."""
+    table = opt_table(measurements)
+    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    (REPORTS_DIR / "opt_scores.md").write_text(markdown_table(table) + "\n")
+    table.write_csv(REPORTS_DIR / "opt_scores.csv")
+    context.add_output_metadata(
+        {
+            "table": dg.MetadataValue.md(markdown_table(table)),
+            "variants": dg.MetadataValue.int(table.height),
+            "csv": dg.MetadataValue.path(str(REPORTS_DIR / "opt_scores.csv")),
+        }
+    )
+    return table
+
+
+@dg.asset(group_name="scoring", kinds={"matplotlib"})
+def trade_off_charts(context: dg.AssetExecutionContext, opt_scores: pl.DataFrame) -> dg.MaterializeResult:
+    """One PNG per model: opt per preset, and perplexity change against energy change (with CIs)."""
+    charts: dict[str, Path] = {}
+    for model in sorted(set(opt_scores["model"].to_list())):
+        charts[model] = trade_off_chart(opt_scores, model, REPORTS_DIR / f"{model}-trade-offs.png")
+    metadata: dict = {f"{model}": dg.MetadataValue.md(png_markdown(path)) for model, path in charts.items()}
+    metadata["files"] = dg.MetadataValue.json({m: str(p) for m, p in charts.items()})
+    return dg.MaterializeResult(metadata=metadata)

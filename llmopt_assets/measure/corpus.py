@@ -1,0 +1,76 @@
+"""Evaluation and calibration text: the files shipped in data/, tokenized per model."""
+
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+# WikiText-2 raw test, the canonical file; its lines are the HF dataset's rows.
+WIKITEXT2_RAW_TEST = DATA_DIR / "wikitext-2-raw" / "wiki.test.raw"
+# The tokenized WikiText-2 valid split: held apart for calibration and distillation, never
+# evaluated on.
+WIKITEXT2_VALID = DATA_DIR / "wikitext-2" / "valid.txt"
+
+CORPORA = {"wikitext2": WIKITEXT2_RAW_TEST}
+EVAL_JOINER = "\n\n"
+
+
+def corpus_text(path: Path, joiner: str = EVAL_JOINER) -> str:
+    """The rows of a text file (each keeping its newline, like the HF dataset), joined."""
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    text = joiner.join(rows)
+    if not text.strip():
+        raise ValueError(f"corpus {path} is empty: no text to evaluate on")
+    return text
+
+
+def tokenize_stream(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+    """One 1-D token stream for the whole text (no truncation, no special tokens added)."""
+    if not text.strip():
+        raise ValueError("cannot tokenize an empty corpus")
+    # The stream is longer than the model's context on purpose: perplexity slides windows over it.
+    saved_max = tokenizer.model_max_length
+    tokenizer.model_max_length = int(1e12)
+    try:
+        ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    finally:
+        tokenizer.model_max_length = saved_max
+    stream = torch.tensor(ids, dtype=torch.long)
+    if len(stream) < 2:
+        raise ValueError(f"the corpus tokenizes to {len(stream)} token(s): at least 2 are needed")
+    return stream
+
+
+def calibration_windows(
+    stream: torch.Tensor, n_samples: int, length: int, seed: int = 0
+) -> torch.Tensor:
+    """n_samples random windows of `length` tokens from a stream ([n_samples, length]), seeded."""
+    if len(stream) <= length:
+        raise ValueError(
+            f"calibration text has {len(stream)} tokens, not enough for windows of {length}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - length, (n_samples,), generator=generator)
+    return torch.stack([stream[s : s + length] for s in starts.tolist()])
+
+
+def save_tokens(path: Path, stream: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write a token stream as safetensors, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    save_file({"input_ids": stream.contiguous()}, str(staging), metadata=metadata)
+    staging.replace(path)
+
+
+def load_tokens(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"token file {path} does not exist: materialize the corpus asset first")
+    return load_file(str(path))["input_ids"]

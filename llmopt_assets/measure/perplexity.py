@@ -1,0 +1,164 @@
+"""Token-level perplexity over a corpus in windows (the protocol of GPTQ / SparseGPT / HF guide).
+
+The corpus is one token stream. Window k covers tokens [k·stride, k·stride + max_length) and
+scores the tokens the previous window did not reach, each predicted from the context inside its
+own window. A window's first token has no context in it and is not scored, so non-overlapping
+windows (stride == max_length) score max_length − 1 tokens each, exactly as the HF guide's loop
+does. Perplexity = exp(Σ NLL / scored tokens), accumulated in fp64 from
+fp32 log-probabilities whatever the compute dtype.
+
+Speed and memory: the language-model head is applied in chunks, and only to positions that are
+scored, so a window never materialises its full [length, vocab] logits (SmolLM2's 49k vocabulary
+at 2048 tokens would be 400 MB in fp32).
+"""
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+
+HEAD_CHUNK_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class PerplexityProtocol:
+    """Everything that changes a perplexity number; stored with every result."""
+
+    dataset: str
+    joiner: str
+    max_length: int
+    stride: int
+    dtype: str
+    max_tokens: int | None = None  # token budget (smoke profile); None = the whole corpus
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if not 1 <= self.stride <= self.max_length:
+            raise ValueError(
+                f"stride must be in [1, max_length={self.max_length}], got {self.stride}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.max_tokens is not None and self.max_tokens < self.max_length:
+            raise ValueError(
+                f"token budget max_tokens={self.max_tokens} is smaller than one window "
+                f"(max_length={self.max_length}): no complete window can be scored"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    nll_sum: float
+    scored_tokens: int
+    windows: int
+    seconds: float
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll_sum / self.scored_tokens
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.scored_tokens / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: int
+    end: int
+    scored_from: int  # first position (absolute) whose token is scored
+
+
+def windows(n_tokens: int, max_length: int, stride: int) -> list[Window]:
+    """The evaluation windows of a stream of n_tokens; no token is scored twice."""
+    if n_tokens < 2:
+        raise ValueError(f"the corpus has {n_tokens} token(s): at least 2 are needed")
+    result = []
+    scored_until = 1  # token 0 has no context
+    begin = 0
+    while scored_until < n_tokens:
+        end = min(begin + max_length, n_tokens)
+        result.append(Window(begin, end, max(scored_until, begin + 1)))
+        scored_until = end
+        begin += stride
+    return result
+
+
+def budget_tokens(n_tokens: int, protocol: PerplexityProtocol) -> int:
+    """How much of the stream the protocol evaluates (the token budget, if any)."""
+    if protocol.max_tokens is None:
+        return n_tokens
+    return min(n_tokens, protocol.max_tokens)
+
+
+@torch.inference_mode()
+def window_nll(model: PreTrainedModel, input_ids: torch.Tensor, n_scored: int) -> torch.Tensor:
+    """Summed NLL (fp64 scalar) of the last n_scored tokens of input_ids ([1, length])."""
+    backbone = model.base_model
+    head = model.get_output_embeddings()
+    hidden = backbone(input_ids=input_ids, use_cache=False).last_hidden_state[0]
+    length = input_ids.shape[1]
+    # Position t predicts token t+1: the scored tokens are predicted by the preceding positions.
+    first = length - n_scored - 1
+    targets = input_ids[0, first + 1 :]
+    predicting = hidden[first : length - 1]
+    total = torch.zeros((), dtype=torch.float64)
+    for start in range(0, n_scored, HEAD_CHUNK_TOKENS):
+        stop = min(start + HEAD_CHUNK_TOKENS, n_scored)
+        logits = head(predicting[start:stop]).float()
+        total += F.cross_entropy(logits, targets[start:stop], reduction="sum").double()
+    return total
+
+
+def evaluate_perplexity(
+    model: PreTrainedModel, token_ids: torch.Tensor, protocol: PerplexityProtocol
+) -> PerplexityResult:
+    """Perplexity of model on a 1-D token stream under protocol.
+
+    The model must already be in the protocol's compute dtype (see `load` in the model store);
+    loss is accumulated in fp32/fp64 regardless.
+    """
+    if token_ids.ndim != 1:
+        raise ValueError(f"token_ids must be a 1-D token stream, got shape {tuple(token_ids.shape)}")
+    n_tokens = budget_tokens(len(token_ids), protocol)
+    if n_tokens < protocol.max_length and protocol.max_tokens is not None:
+        raise ValueError(
+            f"the corpus has {len(token_ids)} tokens, fewer than one window of "
+            f"{protocol.max_length}: lower max_length or use a larger corpus"
+        )
+    device = next(model.parameters()).device
+    model.eval()
+    started = time.perf_counter()
+    nll_sum = 0.0
+    scored = 0
+    spans = windows(n_tokens, protocol.max_length, protocol.stride)
+    for window in spans:
+        input_ids = token_ids[window.begin : window.end].unsqueeze(0).to(device)
+        n_scored = window.end - window.scored_from
+        nll = float(window_nll(model, input_ids, n_scored))
+        if not math.isfinite(nll):
+            raise FloatingPointError(
+                f"non-finite loss ({nll}) in window [{window.begin}, {window.end}): "
+                "the model produces NaN/inf logits"
+            )
+        nll_sum += nll
+        scored += n_scored
+    seconds = time.perf_counter() - started
+    return PerplexityResult(
+        perplexity=math.exp(nll_sum / scored),
+        nll_sum=nll_sum,
+        scored_tokens=scored,
+        windows=len(spans),
+        seconds=seconds,
+    )

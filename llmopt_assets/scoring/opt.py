@@ -1,0 +1,66 @@
+"""The paper's optimization equation (§3.4, Eq. 1) and its quality ratios (§3.4.1).
+
+opt = Pc^1.5 · (α·Tc + β·Ec), with Tc, Ec = variant / base time and energy. Lower is better.
+
+Pc must grow when quality gets worse. The extracted text of §3.4.1 prints the ratios upside
+down (as written they would reward quality loss); we implement the paper's stated intent:
+- lower-is-better scores (perplexity): Pc = P_variant / P_base;
+- higher-is-better scores with chance level x: Pc_n = (S_base − 0.8x) / (S_variant − 0.8x);
+- several measurements: the penalty Pc^1.5 becomes the mean of the Pc_n^1.5.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Table 3 of the paper.
+PRESETS: dict[str, tuple[float, float]] = {
+    "balanced": (0.5, 0.5),
+    "energy": (0.1, 0.9),
+    "runtime": (0.9, 0.1),
+}
+QUALITY_EXPONENT = 1.5
+CHANCE_SAFETY = 0.8  # x·4/5: "a small safety net to models which perform worse than random"
+
+
+@dataclass(frozen=True)
+class QualityScore:
+    base: float
+    variant: float
+    higher_is_better: bool = False
+    chance: float = 0.0  # expected score of random answers, for higher-is-better scores
+
+
+def quality_ratio(score: QualityScore) -> float:
+    """Pc_n for one measurement: > 1 when the variant is worse than the base."""
+    if score.higher_is_better:
+        floor = CHANCE_SAFETY * score.chance
+        if score.variant <= floor:
+            return math.inf  # at or below 0.8·chance the variant has lost everything measurable
+        return (score.base - floor) / (score.variant - floor)
+    if score.base <= 0:
+        raise ValueError(f"base score must be positive for a lower-is-better ratio, got {score.base}")
+    return score.variant / score.base
+
+
+def quality_penalty(scores: Sequence[QualityScore]) -> float:
+    """The term that multiplies the cost: mean over measurements of Pc_n^1.5."""
+    if not scores:
+        raise ValueError("at least one quality measurement is needed")
+    return sum(quality_ratio(s) ** QUALITY_EXPONENT for s in scores) / len(scores)
+
+
+def opt_score(penalty: float, time_ratio: float, energy_ratio: float, alpha: float, beta: float) -> float:
+    """Eq. 1 with the quality term already raised to 1.5 (see quality_penalty)."""
+    return penalty * (alpha * time_ratio + beta * energy_ratio)
+
+
+def opt_from_ratios(pc: float, tc: float, ec: float, alpha: float, beta: float) -> float:
+    """Eq. 1 from a single perplexity ratio: Pc^1.5 · (α·Tc + β·Ec)."""
+    return opt_score(pc**QUALITY_EXPONENT, tc, ec, alpha, beta)
+
+
+def preset_weights(name: str) -> tuple[float, float]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,113 @@
+"""Technique keys ('kd+int8+ah90') and the recipes they stand for.
+
+A key names at most one technique from each family, joined by '+'. Whatever the order written,
+the steps are applied in a fixed order: distil, then prune (heads, then weights), then quantize
+(the paper's combinations, Table 1). The technique partition list is generated from these rules.
+"""
+
+import itertools
+from dataclasses import dataclass
+
+# Each family: key -> step. The key order inside a family is the order in generated lists.
+DISTILL = {
+    "kd": {"step": "distill", "divergence": "forward"},
+    "kd-rkl": {"step": "distill", "divergence": "reverse"},  # MiniLLM-style reverse KL
+}
+PRUNE_HEADS = {
+    "ah90": {"step": "prune-heads", "threshold": 0.9},
+    "ah80": {"step": "prune-heads", "threshold": 0.8},
+}
+PRUNE_WEIGHTS = {
+    "sparsegpt-2:4": {"step": "prune-weights", "method": "sparsegpt", "prune_n": 2, "prune_m": 4, "sparsity": 0.5},
+    "sparsegpt-50": {"step": "prune-weights", "method": "sparsegpt", "prune_n": 0, "prune_m": 0, "sparsity": 0.5},
+    "magnitude-2:4": {"step": "prune-weights", "method": "magnitude", "prune_n": 2, "prune_m": 4, "sparsity": 0.5},
+}
+QUANTIZE = {
+    "int8": {"step": "quantize", "scheme": "int8"},  # bitsandbytes LLM.int8
+    "nf4": {"step": "quantize", "scheme": "nf4"},  # the paper's "4-bit"
+    "fp4": {"step": "quantize", "scheme": "fp4"},
+}
+# Families in application order; key order when written: kd, quantization, pruning (as the
+# paper writes "Knowledge Distilled, 8-Bit, 90% AH").
+FAMILIES = {"distill": DISTILL, "prune-heads": PRUNE_HEADS, "prune-weights": PRUNE_WEIGHTS, "quantize": QUANTIZE}
+KEY_ORDER = ("distill", "quantize", "prune-heads", "prune-weights")
+ALIASES = {"4bit": "nf4", "8bit": "int8"}
+BASE = "base"
+
+
+class RecipeError(ValueError):
+    """An unknown technique key or a combination that cannot work."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    key: str  # canonical
+    steps: tuple[dict, ...]  # in application order
+
+    def step(self, kind: str) -> dict | None:
+        return next((s for s in self.steps if s["step"] == kind), None)
+
+    @property
+    def weight_steps(self) -> tuple[dict, ...]:
+        """Steps that produce new weights (everything but quantization, applied at load)."""
+        return tuple(s for s in self.steps if s["step"] != "quantize")
+
+    @property
+    def parent_key(self) -> str:
+        """The technique whose weights this one starts from: its distillation, or base."""
+        distill = self.step("distill")
+        return distill["key"] if distill else BASE
+
+
+def _family_of(part: str) -> str:
+    for family, members in FAMILIES.items():
+        if part in members:
+            return family
+    raise RecipeError(
+        f"unknown technique {part!r}. Valid keys: {', '.join(technique_keys())}; "
+        "combine one per family with '+': distillation (kd, kd-rkl), quantization "
+        "(int8, nf4, fp4), head pruning (ah90, ah80), weight pruning "
+        "(sparsegpt-2:4, sparsegpt-50, magnitude-2:4)"
+    )
+
+
+def parse(key: str) -> Recipe:
+    """The recipe for a technique key; refuses unknown parts and impossible combinations."""
+    cleaned = key.strip().lower()
+    if cleaned == BASE:
+        return Recipe(BASE, ())
+    parts = [ALIASES.get(p.strip(), p.strip()) for p in cleaned.split("+")]
+    if not all(parts):
+        raise RecipeError(f"technique key {key!r} has an empty part")
+    if BASE in parts:
+        raise RecipeError(f"'base' cannot be combined with other techniques (got {key!r})")
+    by_family: dict[str, str] = {}
+    for part in parts:
+        family = _family_of(part)
+        if family in by_family:
+            raise RecipeError(
+                f"{key!r} combines {by_family[family]!r} and {part!r}: at most one {family} "
+                f"technique per variant. Valid keys: {', '.join(technique_keys())}"
+            )
+        by_family[family] = part
+    steps = tuple({"key": by_family[f], **FAMILIES[f][by_family[f]]} for f in FAMILIES if f in by_family)
+    canonical = "+".join(by_family[f] for f in KEY_ORDER if f in by_family)
+    return Recipe(canonical, steps)
+
+
+def _join(*parts: str | None) -> str:
+    chosen = [p for p in parts if p]
+    return "+".join(chosen) if chosen else BASE
+
+
+def technique_keys() -> list[str]:
+    """Every technique partition: the paper's grid (Table 1 and the standalone rows), SparseGPT
+    with each quantization, and the single-technique extensions (unstructured SparseGPT,
+    magnitude 2:4 baseline, FP4, reverse-KL distillation)."""
+    paper_grid = [
+        _join(kd, quant, heads)
+        for kd, quant, heads in itertools.product((None, "kd"), (None, "int8", "nf4"), (None, "ah90", "ah80"))
+    ]
+    sparse_grid = [_join(quant, "sparsegpt-2:4") for quant in (None, "int8", "nf4")]
+    extensions = ["magnitude-2:4", "sparsegpt-50", "fp4", "kd-rkl"]
+    return paper_grid + sparse_grid + extensions

@@ -1,0 +1,116 @@
+"""Build variants from their recipes: train the distilled student; prune (heads, then weights)
+in memory. Quantization is recorded and applied when the variant is loaded (bitsandbytes
+quantizes at load)."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from llmopt_assets.measure.corpus import calibration_windows
+from llmopt_assets.models.architecture import decoder_layers
+from llmopt_assets.models.registry import ModelSpec
+from llmopt_assets.profiles import EvaluationProfile
+from llmopt_assets.techniques import distillation, head_pruning, sparsegpt
+from llmopt_assets.techniques.recipe import Recipe
+
+CALIBRATION_SEED = 0
+
+
+@dataclass
+class PruningOutcome:
+    details: dict = field(default_factory=dict)
+    heads: dict[int, list[int]] | None = None  # removed heads, for the artifact's head spec
+
+
+def prune(
+    model: PreTrainedModel,
+    recipe: Recipe,
+    calibration_stream: torch.Tensor,
+    profile: EvaluationProfile,
+    log: Callable[[str], None] = print,
+) -> PruningOutcome:
+    """Apply the recipe's pruning steps to model in place (head pruning first, then weights)."""
+    outcome = PruningOutcome()
+    heads_step = recipe.step("prune-heads")
+    if heads_step is not None:
+        calibration = calibration_windows(
+            calibration_stream,
+            profile.head_calibration_samples,
+            profile.head_calibration_length,
+            seed=CALIBRATION_SEED,
+        )
+        concentration = head_pruning.head_attention_concentration(model, calibration)
+        heads = head_pruning.select_heads_to_prune(concentration, heads_step["threshold"])
+        before = sum(p.numel() for p in model.parameters())
+        head_pruning.remove_heads(model, heads)
+        after = sum(p.numel() for p in model.parameters())
+        removed = sum(len(v) for v in heads.values())
+        log(f"head pruning > {heads_step['threshold']:.0%}: removed {removed} heads, {before - after} parameters")
+        outcome.heads = heads
+        outcome.details["prune-heads"] = {
+            "threshold": heads_step["threshold"],
+            "heads_removed": removed,
+            "heads_removed_per_layer": {str(k): v for k, v in sorted(heads.items())},
+            "heads_per_layer_after": head_pruning.heads_per_layer(model),
+            "parameters_before": before,
+            "parameters_after": after,
+            "expected_parameter_drop": head_pruning.removed_parameter_count(model.config, heads),
+            "concentration_per_layer": [[round(float(x), 4) for x in row] for row in concentration],
+            "calibration": {
+                "samples": profile.head_calibration_samples,
+                "length": profile.head_calibration_length,
+                "seed": CALIBRATION_SEED,
+            },
+        }
+    weights_step = recipe.step("prune-weights")
+    if weights_step is not None:
+        n, m, sparsity = weights_step["prune_n"], weights_step["prune_m"], weights_step["sparsity"]
+        if weights_step["method"] == "sparsegpt":
+            calibration = calibration_windows(
+                calibration_stream, profile.sparsegpt_samples, profile.sparsegpt_length, seed=CALIBRATION_SEED
+            )
+            report = sparsegpt.sparsegpt_prune(
+                model, calibration, sparsity=sparsity, prune_n=n, prune_m=m, log=log
+            )
+        else:
+            report = sparsegpt.magnitude_prune(model, sparsity=sparsity, prune_n=n, prune_m=m)
+        outcome.details["prune-weights"] = {"method": weights_step["method"], **report.to_dict()}
+    return outcome
+
+
+def build_student(
+    teacher: PreTrainedModel,
+    stream: torch.Tensor,
+    profile: EvaluationProfile,
+    divergence: str,
+    spec: ModelSpec,
+    log: Callable[[str], None] = print,
+) -> tuple[PreTrainedModel, dict]:
+    """The distilled student: the registry's published student when it names one (paper parity:
+    gpt2 -> distilgpt2), else half the teacher's layers trained on its soft labels."""
+    if spec.published_student and divergence == "forward":
+        student = AutoModelForCausalLM.from_pretrained(spec.published_student, dtype=torch.float32)
+        return student, {"student": "published", "published_student": spec.published_student}
+    config = distillation.preset(profile.distillation, reverse_kl=divergence == "reverse")
+    kept = distillation.default_kept_layers(len(decoder_layers(teacher)))
+    student = distillation.init_student(teacher, kept)
+    blocks = distillation.pack_blocks(stream, config.block_length)
+
+    def report(progress: distillation.DistillProgress) -> None:
+        log(
+            f"distil step {progress.step}/{config.steps}: loss {progress.loss:.4f} "
+            f"(kl {progress.kl:.4f}, ce {progress.ce:.4f}), {progress.tokens_per_second:.0f} tok/s, "
+            f"ETA {progress.eta_seconds:.0f} s"
+        )
+
+    result = distillation.distill(teacher, student, blocks, config, log=report)
+    return student.eval(), {
+        "student": "trained",
+        "kept_layers": kept,
+        "teacher_layers": len(decoder_layers(teacher)),
+        "divergence": divergence,
+        "final_loss": result.final_loss,
+        **result.to_dict(),
+    }
