@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         if not result.success:
             for event in result.all_events:
                 if event.is_failure and event.step_failure_data is not None:
-                    print(f"    {event.step_key}: {event.step_failure_data.error.message.strip()[:400]}")
+                    error = event.step_failure_data.error
+                    root = error.cause or error
+                    print(f"    {event.step_key}: {root.message.strip()[:400]}")
         return result.success
 
     demo_started = time.perf_counter()

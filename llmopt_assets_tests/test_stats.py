@@ -119,3 +119,12 @@ def test_ratio_interval_covers_true_ratio_about_95_percent():
         r = ratio_of_means(variant, base)
         covered += r.ci95_low <= true_ratio <= r.ci95_high
     assert 0.93 <= covered / trials <= 0.97
+
+
+def test_summaries_are_plain_floats_for_json():
+    import json
+
+    s = summarize([1.0, 2.0, 4.0])
+    r = ratio_of_means([1.0, 2.0, 4.0], [2.0, 3.0, 3.5])
+    assert all(type(v) in (int, float) for v in s.to_dict().values())
+    assert json.loads(json.dumps(r.to_dict()))["ratio"] == pytest.approx(7 / 8.5)

@@ -60,7 +60,9 @@ class EnergyMeterResource(dg.ConfigurableResource):
     pue: float = 1.0
 
     def make(self) -> EnergyMeter:
-        return make_meter(self.meter, pue=self.pue)
+        # Only the meters that model a data centre take a PUE; the others measure the machine.
+        options = {"pue": self.pue} if self.meter in ("carbontracker", "codecarbon") else {}
+        return make_meter(self.meter, **options)
 
 
 class EvaluationProfileResource(dg.ConfigurableResource):

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 MANIFEST = "manifest.json"
@@ -190,7 +190,7 @@ class ModelStore:
             try:
                 with safe_open(path, framework="pt") as handle:
                     handle.keys()
-            except Exception as error:  # safetensors raises its own error types
+            except (OSError, SafetensorError) as error:
                 raise CorruptArtifactError(f"cannot read {path}: {error}") from error
 
     def manifest_at(self, directory: Path) -> Manifest:
@@ -225,7 +225,7 @@ class ModelStore:
                 model = AutoModelForCausalLM.from_pretrained(
                     directory, dtype=dtype, attn_implementation=attn_implementation
                 )
-            except (OSError, ValueError, RuntimeError) as error:
+            except (OSError, SafetensorError) as error:
                 raise CorruptArtifactError(f"cannot load weights from {directory}: {error}") from error
         model = model.to(device).eval()
         scheme = manifest.load.get("quantization")

@@ -53,6 +53,13 @@ class Recipe:
         return tuple(s for s in self.steps if s["step"] != "quantize")
 
     @property
+    def weights_key(self) -> str:
+        """The technique whose weights this one uses: itself without quantization (applied at
+        load), so nf4+ah80 and int8+ah80 share the ah80 weights."""
+        parts = [s["key"] for s in self.steps if s["step"] != "quantize"]
+        return parse("+".join(parts)).key if parts else BASE
+
+    @property
     def parent_key(self) -> str:
         """The technique whose weights this one starts from: its distillation, or base."""
         distill = self.step("distill")

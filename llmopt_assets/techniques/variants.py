@@ -2,6 +2,7 @@
 in memory. Quantization is recorded and applied when the variant is loaded (bitsandbytes
 quantizes at load)."""
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,13 +10,17 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from llmopt_assets.measure.corpus import calibration_windows
-from llmopt_assets.models.architecture import decoder_layers
+from llmopt_assets.models.architecture import context_length, decoder_layers
 from llmopt_assets.models.registry import ModelSpec
 from llmopt_assets.profiles import EvaluationProfile
 from llmopt_assets.techniques import distillation, head_pruning, sparsegpt
 from llmopt_assets.techniques.recipe import Recipe
 
 CALIBRATION_SEED = 0
+DISTILLATION_PRESETS = {
+    "smoke": distillation.DistillationConfig.SMOKE,
+    "paper": distillation.DistillationConfig.PAPER,
+}
 
 
 @dataclass
@@ -93,7 +98,12 @@ def build_student(
     if spec.published_student and divergence == "forward":
         student = AutoModelForCausalLM.from_pretrained(spec.published_student, dtype=torch.float32)
         return student, {"student": "published", "published_student": spec.published_student}
-    config = distillation.preset(profile.distillation, reverse_kl=divergence == "reverse")
+    preset = DISTILLATION_PRESETS[profile.distillation]
+    config = dataclasses.replace(
+        preset,
+        reverse_kl=divergence == "reverse",
+        block_length=min(preset.block_length, context_length(teacher)),
+    )
     kept = distillation.default_kept_layers(len(decoder_layers(teacher)))
     student = distillation.init_student(teacher, kept)
     blocks = distillation.pack_blocks(stream, config.block_length)

@@ -1,0 +1,340 @@
+"""bitsandbytes quantization of an already loaded model: LLM.int8 and 4-bit NF4 / FP4.
+
+The paper's "8-Bit" and "4-Bit" variants load a model with a bitsandbytes config. Our variants may
+be head-pruned first (a different head count per layer), which no config can rebuild, so we
+quantize in memory instead: every linear layer is swapped for a ``bnb.nn.Linear8bitLt`` (LLM.int8,
+Dettmers et al. 2022: row-wise absmax int8 weights, vector-wise int8 activations, activation
+columns with a value above the outlier threshold kept in floating point) or ``bnb.nn.Linear4bit``
+(QLoRA, Dettmers et al. 2023: blockwise absmax 4-bit NF4 / FP4 codes, block size 64), and the
+weights are quantized right away on the target device.
+
+``bnb_config`` gives the equivalent ``BitsAndBytesConfig`` for the ``from_pretrained`` path, so a
+hub model quantized on load and a pruned model quantized here are recorded the same way.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import bitsandbytes as bnb
+import torch
+from torch import nn
+from transformers import BitsAndBytesConfig, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+SCHEMES = ("int8", "nf4", "fp4")
+QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+BLOCKSIZE_4BIT = 64  # QLoRA's block size for the absmax constants (bitsandbytes' default)
+_CPU_FUSED_BLOCK_N = 32  # output rows per tile in bitsandbytes' CPU weight packing
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    scheme: str
+    quantized_modules: int
+    quantizable_modules: int
+    module_classes: dict[str, int]  # class name -> how many modules of it the model now holds
+    skipped_modules: list[str]  # linear layers left in floating point (lm_head, tied embeddings)
+    config: dict[str, object]
+    weight_bytes_before: int  # parameters + buffers + quantization constants, tied tensors once
+    weight_bytes_after: int
+    linear_weight_bytes_before: int  # the replaced layers only
+    linear_weight_bytes_after: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def bnb_config(
+    scheme: str,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    skip_modules: Sequence[str] = ("lm_head",),
+    int8_threshold: float = 6.0,
+    double_quant: bool = False,
+) -> BitsAndBytesConfig:
+    """The from_pretrained equivalent of ``quantize(model, scheme, ...)`` with the same arguments."""
+    _check_scheme(scheme)
+    if scheme == "int8":
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_threshold=int8_threshold,
+            llm_int8_has_fp16_weight=False,
+            llm_int8_skip_modules=list(skip_modules),
+        )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=scheme,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=double_quant,
+        llm_int8_skip_modules=list(skip_modules),
+    )
+
+
+def quantize(
+    model: PreTrainedModel,
+    scheme: str,
+    *,
+    compute_dtype: torch.dtype = torch.float32,
+    skip_modules: Sequence[str] = ("lm_head",),
+    int8_threshold: float = 6.0,
+    double_quant: bool = False,
+    cpu_fused_4bit: bool = True,
+    device: str | torch.device = "cpu",
+) -> QuantizationReport:
+    """Replace the model's linear layers by bitsandbytes ones, in place, and quantize them on ``device``.
+
+    GPT-2's Conv1D layers (weight stored [in, out]) are converted too. Linear layers named in
+    ``skip_modules`` (a full dotted name or one component of it), the output embedding and any
+    layer sharing its weight with another module (tied embeddings) stay in floating point, as in
+    transformers' bitsandbytes integration. The rest of the model is moved to ``device``.
+    ``double_quant`` quantizes the 4-bit absmax constants again (QLoRA's double quantization).
+
+    On CPUs with AVX512-BF16, bitsandbytes runs 4-bit layers in eval mode without grad through a
+    fused kernel that computes in bfloat16 (activations and absmax cast to bf16) whatever
+    ``compute_dtype`` says, and only works for in_features % 64 == 0 and out_features % 32 == 0.
+    ``cpu_fused_4bit=False``, or a layer of another shape, takes the dequantize-then-matmul path in
+    ``compute_dtype`` instead; the report counts the layers of each kind.
+
+    LLM.int8 decomposes activations only in eval mode: in training mode bitsandbytes dequantizes
+    the weights on CPU and runs a plain floating point matmul.
+    """
+    _check_scheme(scheme)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    if scheme == "int8":
+        _silence_fp16_cast_warning()
+
+    names = quantizable_linear_names(model, skip_modules)
+    skipped = [
+        name for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and name not in names
+    ]
+    bytes_before = weight_bytes(model)
+    modules = dict(model.named_modules())
+    linear_before = sum(weight_bytes(modules[name]) for name in names)
+
+    model.to(device)
+    for name in names:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        original = getattr(parent, child_name)
+        linear = conv1d_to_linear(original) if isinstance(original, Conv1D) else original
+        bias = None if linear.bias is None else linear.bias.detach()
+        quantized = _quantized_linear(
+            linear.weight.detach().contiguous(), bias, scheme,
+            compute_dtype, int8_threshold, double_quant, cpu_fused_4bit, device,
+        )
+        # A fresh module is in training mode; on CPU that would switch LLM.int8 off (see above).
+        quantized.train(original.training)
+        setattr(parent, child_name, quantized)
+        del original, linear
+
+    modules = dict(model.named_modules())
+    classes: dict[str, int] = {}
+    for module in modules.values():
+        for bnb_class in QUANTIZED_MODULE_TYPES:
+            if isinstance(module, bnb_class):
+                classes[bnb_class.__name__] = classes.get(bnb_class.__name__, 0) + 1
+    config: dict[str, object] = {
+        "method": "bitsandbytes",
+        "scheme": scheme,
+        "device": str(device),
+        "bitsandbytes_version": bnb.__version__,
+        "skip_modules": list(skip_modules),
+    }
+    if scheme == "int8":
+        config |= {"int8_threshold": int8_threshold, "has_fp16_weights": False}
+    else:
+        config |= {
+            "quant_type": scheme,
+            "compute_dtype": str(compute_dtype).removeprefix("torch."),
+            "blocksize": BLOCKSIZE_4BIT,
+            "double_quant": double_quant,
+            "cpu_fused_bf16_modules": sum(
+                _uses_cpu_fused_4bit(module) for module in modules.values()
+            ) if device.type == "cpu" else 0,
+            "block_straddling_modules": sum(
+                isinstance(module, BlockStraddlingLinear4bit) for module in modules.values()
+            ),
+        }
+    return QuantizationReport(
+        scheme=scheme,
+        quantized_modules=count_quantized_modules(model),
+        quantizable_modules=len(names),
+        module_classes=classes,
+        skipped_modules=skipped,
+        config=config,
+        weight_bytes_before=bytes_before,
+        weight_bytes_after=weight_bytes(model),
+        linear_weight_bytes_before=linear_before,
+        linear_weight_bytes_after=sum(weight_bytes(modules[name]) for name in names),
+    )
+
+
+def quantizable_linear_names(model: nn.Module, skip_modules: Sequence[str] = ("lm_head",)) -> list[str]:
+    """Dotted names of the nn.Linear / Conv1D layers that ``quantize`` replaces, in model order."""
+    output_embeddings = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    embedding_weights = {
+        id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
+    }
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, Conv1D)) or isinstance(module, QUANTIZED_MODULE_TYPES):
+            continue
+        skipped_by_name = any(
+            name == skip or skip in name.split(".") for skip in skip_modules
+        )
+        tied = id(module.weight) in embedding_weights
+        if skipped_by_name or tied or module is output_embeddings:
+            continue
+        names.append(name)
+    return names
+
+
+def count_quantized_modules(model: nn.Module) -> int:
+    """How many Linear8bitLt / Linear4bit modules the model holds."""
+    return sum(isinstance(module, QUANTIZED_MODULE_TYPES) for module in model.modules())
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes held by parameters, buffers and bitsandbytes' quantization constants; tied tensors once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(tensor: torch.Tensor | None) -> None:
+        nonlocal total
+        if tensor is None or tensor.device.type == "meta":
+            return
+        key = (tensor.untyped_storage().data_ptr(), tensor.data_ptr())
+        if key in seen:
+            return
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+
+    for tensor in [*module.parameters(), *module.buffers()]:
+        add(tensor)
+    for submodule in module.modules():
+        if isinstance(submodule, bnb.nn.Linear8bitLt):
+            # The row scales live on the parameter until the first forward, then on the state.
+            add(getattr(submodule.weight, "SCB", None))
+            add(submodule.state.SCB)
+        elif isinstance(submodule, bnb.nn.Linear4bit) and submodule.weight.quant_state is not None:
+            state = submodule.weight.quant_state
+            add(state.absmax)
+            add(state.code)
+            if state.nested:
+                add(state.state2.absmax)
+                add(state.state2.code)
+                add(state.offset)
+    return total
+
+
+def _uses_cpu_fused_4bit(module: nn.Module) -> bool:
+    return isinstance(module, bnb.nn.Linear4bit) and bool(module.support_avx512bf16_for_cpu)
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; known schemes: {SCHEMES}")
+
+
+def conv1d_to_linear(conv: Conv1D) -> nn.Linear:
+    """The nn.Linear computing the same function as GPT-2's Conv1D (x @ W + b, W stored [in, out])."""
+    in_features, out_features = conv.weight.shape
+    linear = nn.Linear(in_features, out_features, device="meta")
+    linear.weight = nn.Parameter(conv.weight.detach().t().contiguous(), conv.weight.requires_grad)
+    linear.bias = nn.Parameter(conv.bias.detach().clone(), conv.bias.requires_grad)
+    return linear.train(conv.training)
+
+
+def _quantized_linear(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scheme: str,
+    compute_dtype: torch.dtype,
+    int8_threshold: float,
+    double_quant: bool,
+    cpu_fused_4bit: bool,
+    device: torch.device,
+) -> nn.Module:
+    out_features, in_features = weight.shape
+    has_bias = bias is not None
+    # Built on the meta device: the random init of a fresh layer would be thrown away anyway.
+    if scheme == "int8":
+        module = bnb.nn.Linear8bitLt(
+            in_features, out_features, bias=has_bias,
+            has_fp16_weights=False, threshold=int8_threshold, device="meta",
+        )
+        # Int8Params quantizes when moved off a CPU tensor (row-wise absmax, from fp16).
+        module.weight = bnb.nn.Int8Params(
+            weight.to("cpu"), requires_grad=False, has_fp16_weights=False
+        ).to(device)
+    else:
+        linear_class = (
+            bnb.nn.Linear4bit if in_features % BLOCKSIZE_4BIT == 0 else BlockStraddlingLinear4bit
+        )
+        module = linear_class(
+            in_features, out_features, bias=has_bias, compute_dtype=compute_dtype,
+            compress_statistics=double_quant, quant_type=scheme, device="meta",
+        )
+        # Params4bit quantizes on its first move to a device; it stores the state on the module.
+        module.weight = bnb.nn.Params4bit(
+            weight, requires_grad=False, blocksize=BLOCKSIZE_4BIT,
+            compress_statistics=double_quant, quant_type=scheme, module=module,
+        ).to(device)
+        # bitsandbytes turns its fused CPU kernel on whenever the CPU has AVX512-BF16, and then
+        # fails on the first forward for shapes the kernel cannot tile.
+        fused_fits = in_features % BLOCKSIZE_4BIT == 0 and out_features % _CPU_FUSED_BLOCK_N == 0
+        module.support_avx512bf16_for_cpu = bool(
+            module.support_avx512bf16_for_cpu and cpu_fused_4bit and fused_fits
+        )
+    if has_bias:
+        module.bias = nn.Parameter(bias.to(device), requires_grad=False)
+    return module
+
+
+class BlockStraddlingLinear4bit(bnb.nn.Linear4bit):
+    """A Linear4bit whose rows straddle the 64-weight blocks (in_features % 64 != 0).
+
+    quantize_4bit numbers the blocks over the flattened weight, but bitsandbytes 0.50.2's native
+    CPU dequantize_4bit reads the absmax as if every row started a new block; for a 40 x 96 NF4
+    weight that puts dequantized values off by up to 2.0. On CPU this layer dequantizes with the
+    flat block layout instead, then multiplies in the compute dtype (what bitsandbytes' unfused
+    path does). Real models (hidden sizes and head dims multiples of 64) do not need it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        compute_dtype = self.compute_dtype or x.dtype
+        weight = dequantize_4bit_flat_blocks(self.weight.data, self.weight.quant_state)
+        bias = None if self.bias is None else self.bias.to(compute_dtype)
+        output = nn.functional.linear(x.to(compute_dtype), weight.to(compute_dtype), bias)
+        return output.to(x.dtype)
+
+
+def dequantize_4bit_flat_blocks(packed: torch.Tensor, state: bnb.functional.QuantState) -> torch.Tensor:
+    """Weights from two 4-bit codes per byte (high nibble first) and one absmax per flat block."""
+    packed = packed.reshape(-1).view(torch.uint8)
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1).long()
+    n = state.shape.numel()
+    values = state.code.float()[codes[:n]]
+    absmax = state.absmax.float()
+    if state.nested:
+        absmax = bnb.functional.dequantize_blockwise(state.absmax, state.state2).float() + state.offset
+    block_of_value = torch.arange(n, device=values.device) // state.blocksize
+    return (values * absmax[block_of_value]).reshape(state.shape)
+
+
+class _DropFp16CastWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "inputs will be cast from" not in record.getMessage()
+
+
+def _silence_fp16_cast_warning() -> None:
+    # LLM.int8 quantizes activations from fp16 by design; bitsandbytes logs this on every matmul.
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _DropFp16CastWarning) for f in logger.filters):
+        logger.addFilter(_DropFp16CastWarning())

