@@ -8,9 +8,11 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import dagster as dg
+import transformers
 
 from llmopt_assets.defs.partitions import model_partitions
 from llmopt_assets.defs.resources import DEFAULT_VAR, PROJECT_ROOT
@@ -29,15 +31,20 @@ def main(argv: list[str] | None = None) -> int:
         techniques.insert(0, "base")  # every ratio is against the base
 
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / "dagster_home"))
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
     instance.add_dynamic_partitions(model_partitions.name, [args.model])
     from llmopt_assets.definitions import defs
 
     definitions = defs()
-    run_config = {"resources": {"profile": {"config": {"profile": args.profile}}}}
+    run_config = {
+        "resources": {"profile": {"config": {"profile": args.profile}}},
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+    }
 
     def run(job_name: str, partition_key: str | dg.MultiPartitionKey | None) -> bool:
-        job = definitions.get_job_def(job_name)
+        job = definitions.resolve_job_def(job_name)
         started = time.perf_counter()
         result = job.execute_in_process(
             partition_key=partition_key, instance=instance, run_config=run_config, raise_on_error=False

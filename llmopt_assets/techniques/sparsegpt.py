@@ -211,7 +211,7 @@ def sparsegpt_prune_weight(
             if prune_n and mask is None and i % prune_m == 0:
                 # n:m (§3.4): the n lowest saliencies of these m input columns, from the weights
                 # as updated so far.
-                saliency = (W1[:, i : i + prune_m] / d[i : i + prune_m]) ** 2
+                saliency = W1[:, i : i + prune_m] ** 2 / d[i : i + prune_m]
                 lowest = saliency.topk(prune_n, dim=1, largest=False).indices
                 mask1.scatter_(1, i + lowest, True)
             w = W1[:, i]
