@@ -59,20 +59,23 @@ def test_student_copies_kept_layers_exactly(arch: str) -> None:
         for name in teacher_state:
             assert torch.equal(student_state[name], teacher_state[name]), (new_index, name)
         # the cache is indexed by layer_idx: renumbered 0..2
-        assert {m.layer_idx for m in student_layers[new_index].modules() if hasattr(m, "layer_idx")} == {new_index}
+        indices = {m.layer_idx for m in student_layers[new_index].modules() if hasattr(m, "layer_idx")}
+        assert indices == {new_index}
 
     # embeddings, final norm and head are equal
     student_rest, teacher_rest = _non_layer_state(student), _non_layer_state(teacher)
     assert student_rest.keys() == teacher_rest.keys()
     for name in teacher_rest:
         assert torch.equal(student_rest[name], teacher_rest[name]), name
-    assert torch.equal(student.get_output_embeddings().weight, teacher.get_output_embeddings().weight)
+    student_head, teacher_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+    assert torch.equal(student_head.weight, teacher_head.weight)
 
     # the teacher is untouched, and the student shares no storage with it
     assert len(decoder_layers(teacher)) == 4 and teacher.config.num_hidden_layers == 4
     after = teacher.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
-    assert student.get_input_embeddings().weight.data_ptr() != teacher.get_input_embeddings().weight.data_ptr()
+    student_embeddings = student.get_input_embeddings().weight
+    assert student_embeddings.data_ptr() != teacher.get_input_embeddings().weight.data_ptr()
 
     ids = random_token_ids(2, 16)
     with torch.no_grad():
@@ -179,7 +182,9 @@ def _hand_loss(temperature: float, alpha: float, reverse: bool) -> tuple[float, 
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize(("temperature", "alpha"), [(2.0, 0.5), (1.0, 0.3), (3.0, 1.0)])
-def test_kd_loss_equals_hand_computed_value(temperature: float, alpha: float, reverse: bool) -> None:
+def test_kd_loss_equals_hand_computed_value(
+    temperature: float, alpha: float, reverse: bool
+) -> None:
     loss = kd_loss(
         torch.tensor([STUDENT]), torch.tensor([TEACHER]), torch.tensor(LABELS),
         temperature=temperature, alpha=alpha, reverse=reverse,
@@ -337,8 +342,9 @@ def test_distilled_student_beats_the_undistilled_one_on_held_out_data(
 
     def probe_loss() -> float:
         with torch.no_grad():
-            return kd_loss(student(input_ids=probe).logits, patterned_teacher(input_ids=probe).logits,
-                           probe).total.item()
+            student_logits = student(input_ids=probe).logits
+            teacher_logits = patterned_teacher(input_ids=probe).logits
+            return kd_loss(student_logits, teacher_logits, probe).total.item()
 
     loss_before = probe_loss()
     progress: list[DistillProgress] = []
@@ -347,7 +353,8 @@ def test_distilled_student_beats_the_undistilled_one_on_held_out_data(
     loss_after = probe_loss()
     assert loss_after < 0.7 * loss_before
 
-    undistilled_ppl, distilled_ppl = _perplexity(undistilled, held_out), _perplexity(student, held_out)
+    undistilled_ppl = _perplexity(undistilled, held_out)
+    distilled_ppl = _perplexity(student, held_out)
     assert distilled_ppl < 0.8 * undistilled_ppl
     assert distilled_ppl < 1.5 * teacher_ppl
 
@@ -373,7 +380,9 @@ def test_same_seed_gives_identical_weights() -> None:
     # GPT-2 has dropout: the seed must cover the dropout masks too.
     teacher = tiny_model("gpt2")
     train = random_token_ids(16, 24)
-    config = dataclasses.replace(TRAIN_CONFIG, steps=4, batch_size=4, block_length=24, learning_rate=1e-3)
+    config = dataclasses.replace(
+        TRAIN_CONFIG, steps=4, batch_size=4, block_length=24, learning_rate=1e-3
+    )
 
     def run(seed: int) -> dict[str, torch.Tensor]:
         student = init_student(teacher, [0, 3])
@@ -403,7 +412,9 @@ def test_poisoned_teacher_raises_diverged_error_at_step_one() -> None:
     with torch.no_grad():
         teacher.lm_head.weight[5, 0] = float("nan")
     train = random_token_ids(4, 16)
-    config = dataclasses.replace(TRAIN_CONFIG, steps=2, warmup_steps=0, batch_size=2, block_length=16)
+    config = dataclasses.replace(
+        TRAIN_CONFIG, steps=2, warmup_steps=0, batch_size=2, block_length=16
+    )
     with pytest.raises(DistillationDivergedError, match="step 1") as error:
         distill(teacher, student, train, config)
     assert isinstance(error.value, ValueError) and error.value.step == 1

@@ -71,12 +71,14 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     profile: str = "smoke"
     repetitions: int | None = None
     max_tokens: int | None = None
+    sparsegpt_samples: int | None = None
+    sparsegpt_length: int | None = None
 
     def get(self) -> EvaluationProfile:
         overrides = {
-            name: value
-            for name, value in (("repetitions", self.repetitions), ("max_tokens", self.max_tokens))
-            if value is not None
+            name: getattr(self, name)
+            for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length")
+            if getattr(self, name) is not None
         }
         return get_profile(self.profile, **overrides)
 

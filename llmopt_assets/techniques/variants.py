@@ -23,6 +23,22 @@ DISTILLATION_PRESETS = {
 }
 
 
+def weights_recipe(recipe: Recipe, profile: EvaluationProfile) -> list[dict]:
+    """The steps that make new weights, with the calibration each used: two artifacts with equal
+    parent and equal weights recipe hold the same weights, so one can stand for the other."""
+    calibration = {
+        "prune-heads": {"samples": profile.head_calibration_samples, "length": profile.head_calibration_length},
+        "prune-weights": {"samples": profile.sparsegpt_samples, "length": profile.sparsegpt_length},
+    }
+    steps = []
+    for step in recipe.weight_steps:
+        extra = calibration.get(step["step"])
+        if step.get("method") == "magnitude":
+            extra = None  # magnitude pruning reads no data
+        steps.append({**step, "calibration": {**extra, "seed": CALIBRATION_SEED}} if extra else dict(step))
+    return steps
+
+
 @dataclass
 class PruningOutcome:
     details: dict = field(default_factory=dict)

@@ -11,10 +11,11 @@ from llmopt_assets.defs.resources import (
 )
 from llmopt_assets.measure.corpus import load_tokens
 from llmopt_assets.models.sources import load_source
-from llmopt_assets.models.store import Manifest
+from llmopt_assets.models.registry import ModelSpec
+from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.techniques import head_pruning, quantization, sparsegpt
 from llmopt_assets.techniques.recipe import BASE, parse
-from llmopt_assets.techniques.variants import build_student, prune
+from llmopt_assets.techniques.variants import build_student, prune, weights_recipe
 
 CALIBRATION_FILE = "wikitext2-valid.safetensors"
 
@@ -72,22 +73,11 @@ def distilled_student(
     registry's published student (gpt2 -> distilgpt2) for paper parity."""
     compute.apply_threads()
     slug = context.partition_key
-    store = model_store.store()
-    teacher_manifest = store.manifest(slug, BASE)
-    teacher, tokenizer = store.load(teacher_manifest, device=compute.resolved_device())
-    stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
-    student, details = build_student(
-        teacher, stream, profile.get(), "forward", registry.spec(slug), log=context.log.info
+    manifest = train_student(
+        model_store.store(), slug, "forward", profile, registry.spec(slug), context.log.info,
+        device=compute.resolved_device(),
     )
-    manifest = store.write_weights(
-        slug,
-        "kd",
-        student,
-        tokenizer,
-        recipe=[{"step": "distill", "key": "kd", "divergence": "forward"}],
-        parent_fingerprint=teacher_manifest.fingerprint,
-        details=details,
-    )
+    details = manifest.details
     return dg.MaterializeResult(
         metadata={
             **manifest_metadata(manifest),
@@ -95,6 +85,29 @@ def distilled_student(
             "distillation": dg.MetadataValue.json(details),
         },
         data_version=dg.DataVersion(manifest.fingerprint[:16]),
+    )
+
+
+def train_student(
+    store: ModelStore,
+    slug: str,
+    divergence: str,
+    profile: EvaluationProfileResource,
+    spec: ModelSpec,
+    log,
+    device: str = "cpu",
+) -> Manifest:
+    """Distil the base model into a student and store it as the 'kd' (or 'kd-rkl') artifact."""
+    key = "kd" if divergence == "forward" else "kd-rkl"
+    teacher_manifest = store.manifest(slug, BASE)
+    teacher, tokenizer = store.load(teacher_manifest, device=device)
+    stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
+    student, details = build_student(teacher, stream, profile.get(), divergence, spec, log=log)
+    return store.write_weights(
+        slug, key, student, tokenizer,
+        recipe=[{"step": "distill", "key": key, "divergence": divergence}],
+        parent_fingerprint=teacher_manifest.fingerprint,
+        details=details,
     )
 
 
@@ -137,22 +150,13 @@ def compressed_variant(
     prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
     parent_key = recipe.parent_key
     if parent_key == "kd-rkl" and not store.exists(slug, "kd-rkl"):
-        teacher_manifest = store.manifest(slug, BASE)
-        teacher, tokenizer = store.load(teacher_manifest)
-        stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
-        student, details = build_student(
-            teacher, stream, profile.get(), "reverse", registry.spec(slug), log=context.log.info
-        )
-        store.write_weights(
-            slug, "kd-rkl", student, tokenizer,
-            recipe=[{"step": "distill", "key": "kd-rkl", "divergence": "reverse"}],
-            parent_fingerprint=teacher_manifest.fingerprint, details=details,
-        )
+        # The reverse-KL student is only used by this technique: it is trained here, on demand.
+        train_student(store, slug, "reverse", profile, registry.spec(slug), context.log.info)
     parent = store.manifest(slug, parent_key)
-    weights_recipe = [dict(step) for step in recipe.steps if step["step"] != "quantize"]
+    steps = weights_recipe(recipe, profile.get())
     if not prunes:
         weights = parent
-    elif reusable(store, slug, recipe.weights_key, parent.fingerprint, weights_recipe):
+    elif reusable(store, slug, recipe.weights_key, parent.fingerprint, steps):
         weights = store.manifest(slug, recipe.weights_key)
         context.log.info(f"reusing the {recipe.weights_key} weights: same parent and recipe")
     else:
@@ -165,7 +169,7 @@ def compressed_variant(
             recipe.weights_key,
             model,
             tokenizer,
-            recipe=weights_recipe,
+            recipe=steps,
             parent_fingerprint=parent.fingerprint,
             details=outcome.details,
             extra_files=(lambda d: head_pruning.save_head_spec(d, heads)) if heads else None,
