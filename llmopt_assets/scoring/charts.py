@@ -47,24 +47,25 @@ def trade_off_chart(table: pl.DataFrame, model: str, path: Path) -> Path:
         bars.barh(positions, values, height=0.27, label=preset)
     bars.set_yticks(range(len(techniques)), techniques)
     bars.axvline(1.0, color="gray", lw=0.8, ls="--")
+    bars.set_xscale("log")  # opt spans orders of magnitude (a broken variant vs a good one)
     bars.invert_yaxis()
-    bars.set_xlabel("opt = Pc^1.5 (α·Tc + β·Ec)   (lower is better; base = 1)")
+    bars.set_xlabel("opt = Pc^1.5 (α·Tc + β·Ec), log scale   (lower is better; base = 1)")
     bars.legend(title="preset")
     if {"ec", "pc"} <= set(rows.columns) and rows.height:
         ec = rows["ec"].to_list()
         pc = rows["pc"].to_list()
-        low = [e - lo for e, lo in zip(ec, rows["ec_ci95_low"].to_list())]
-        high = [hi - e for e, hi in zip(ec, rows["ec_ci95_high"].to_list())]
-        scatter.errorbar([(e - 1) * 100 for e in ec], [(p - 1) * 100 for p in pc],
-                         xerr=[[v * 100 for v in low], [v * 100 for v in high]], fmt="o", capsize=3)
+        # An unbounded or undefined interval (None) is drawn without a bar, not as zero width.
+        low = [e - lo if lo is not None else 0.0 for e, lo in zip(ec, rows["ec_ci95_low"].to_list())]
+        high = [hi - e if hi is not None else 0.0 for e, hi in zip(ec, rows["ec_ci95_high"].to_list())]
+        scatter.errorbar(ec, pc, xerr=[low, high], fmt="o", capsize=3)
         for name, x, y in zip(techniques, ec, pc):
-            scatter.annotate(name, ((x - 1) * 100, (y - 1) * 100), fontsize=7, xytext=(3, 3),
-                             textcoords="offset points")
+            scatter.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     method = ",".join(sorted(set(rows["energy_method"].to_list()))) if rows.height else "n/a"
-    scatter.set_xlabel(f"energy change vs base, % (95% CI; method: {method})")
-    scatter.set_ylabel("perplexity change vs base, %")
-    scatter.axhline(0, color="gray", lw=0.8)
-    scatter.axvline(0, color="gray", lw=0.8)
+    scatter.set_xlabel(f"Ec = energy / base energy (95% CI; method: {method})")
+    scatter.set_ylabel("Pc = perplexity / base perplexity (log scale)")
+    scatter.set_yscale("log")
+    scatter.axhline(1, color="gray", lw=0.8)
+    scatter.axvline(1, color="gray", lw=0.8)
     fig.suptitle(f"{model}: compression trade-offs")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,81 @@
+"""Distillation on SmolLM2-135M: teacher vs undistilled layer-dropped student vs distilled student
+(perplexity), and the student's forward time per token against the teacher's, side by side.
+
+Issue 4's targets: the distilled 15-of-30-layer student has clearly lower perplexity than the
+undistilled one, and its time ratio to the teacher is < 0.6.
+
+    .venv/bin/python benchmarks/distillation.py [--steps 60] [--lr 3e-4] [--windows 4] [--reverse]
+"""
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llmopt_assets.measure.corpus import (  # noqa: E402
+    WIKITEXT2_RAW_TEST,
+    WIKITEXT2_VALID,
+    corpus_text,
+    tokenize_stream,
+)
+from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity  # noqa: E402
+from llmopt_assets.models.architecture import decoder_layers  # noqa: E402
+from llmopt_assets.models.registry import load_registry  # noqa: E402
+from llmopt_assets.models.sources import load_source  # noqa: E402
+from llmopt_assets.techniques import distillation  # noqa: E402
+
+
+def seconds_per_token(model, ids: torch.Tensor, repeats: int = 3) -> float:
+    window = ids[:512].unsqueeze(0)
+    with torch.inference_mode():
+        model(window, use_cache=False)  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(window, use_cache=False)
+    return (time.perf_counter() - started) / (repeats * window.shape[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--windows", type=int, default=4)
+    parser.add_argument("--reverse", action="store_true")
+    args = parser.parse_args()
+    teacher, tokenizer = load_source(load_registry()["smollm2-135m"])
+    test_ids = tokenize_stream(tokenizer, corpus_text(WIKITEXT2_RAW_TEST))
+    train_ids = tokenize_stream(tokenizer, corpus_text(WIKITEXT2_VALID, ""))
+    protocol = PerplexityProtocol("wikitext-2-raw-v1/test", "\n\n", 512, 512, "float32", max_tokens=512 * args.windows)
+    kept = distillation.default_kept_layers(len(decoder_layers(teacher)))
+    student = distillation.init_student(teacher, kept)
+    config = dataclasses.replace(
+        distillation.DistillationConfig.SMOKE, steps=args.steps, learning_rate=args.lr,
+        warmup_steps=min(5, args.steps), log_every=10, reverse_kl=args.reverse,
+    )
+    teacher_ppl = evaluate_perplexity(teacher, test_ids, protocol).perplexity
+    undistilled_ppl = evaluate_perplexity(student, test_ids, protocol).perplexity
+    result = distillation.distill(
+        teacher, student, distillation.pack_blocks(train_ids, config.block_length), config,
+        log=lambda p: print(f"  step {p.step}/{p.steps} loss {p.loss:.3f} (kl {p.kl:.3f}, ce {p.ce:.3f}) "
+                            f"{p.tokens_per_second:.0f} tok/s", flush=True),
+    )
+    distilled_ppl = evaluate_perplexity(student.eval(), test_ids, protocol).perplexity
+    teacher_spt = seconds_per_token(teacher, test_ids)
+    student_spt = seconds_per_token(student, test_ids)
+    print(f"\nteacher {len(decoder_layers(teacher))} layers, student {len(kept)} layers {kept}")
+    print(f"distillation: {config.steps} steps x {config.batch_size} x {config.block_length} tokens, "
+          f"lr {config.learning_rate}, {'reverse' if args.reverse else 'forward'} KL, T={config.temperature}, "
+          f"alpha={config.alpha}: {result.seconds:.0f} s, {result.tokens_per_second:.0f} tok/s, final loss {result.final_loss:.3f}")
+    print(f"perplexity ({protocol.max_tokens} tokens of WikiText-2 test, windows of 512):")
+    print(f"  teacher {teacher_ppl:.2f}, undistilled student {undistilled_ppl:.1f}, distilled student {distilled_ppl:.1f}")
+    print(f"forward s/token: teacher {teacher_spt * 1e3:.3f} ms, student {student_spt * 1e3:.3f} ms, "
+          f"ratio {student_spt / teacher_spt:.3f}  (target < 0.6)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Print the measured variants in the layout of the paper's Table 4 (perplexity, runtime and
+energy, each with its change against the base), from the opt-score table the pipeline wrote.
+
+    make demo            # or any materialization of opt_scores
+    .venv/bin/python benchmarks/paper_table.py [--model smollm2-135m]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "var" / "tables" / "opt_scores.parquet"
+
+
+def change(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{100 * (ratio - 1):+.2f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--table", default=str(TABLE))
+    args = parser.parse_args()
+    path = Path(args.table)
+    if not path.is_file():
+        sys.exit(f"{path} does not exist: run `make demo` (or materialize opt_scores) first")
+    table = pl.read_parquet(path).filter(pl.col("model") == args.model)
+    if table.height == 0:
+        sys.exit(f"no measured variant of {args.model!r} in {path}")
+    order = {"base": 0}
+    rows = sorted(table.iter_rows(named=True), key=lambda r: (order.get(r["technique"], 1), r["technique"]))
+    print(f"{args.model}: {rows[0]['repetitions']} repetitions per variant, energy method: "
+          f"{','.join(sorted(set(table['energy_method'].to_list())))}")
+    header = (f"{'technique':22s} {'perplexity':>11s} {'ppl chg':>9s} {'runtime s':>10s} {'±95%':>7s} "
+              f"{'time chg':>9s} {'energy J':>10s} {'±95%':>7s} {'energy chg':>10s} {'sig(T/E)':>8s} {'opt bal':>8s}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        t_half = (r["seconds_ci95_high"] - r["seconds_mean"]) if r["seconds_ci95_high"] is not None else None
+        e_half = (r["joules_ci95_high"] - r["joules_mean"]) if r.get("joules_ci95_high") is not None else None
+        significant = f"{'y' if r.get('tc_significant') else 'n'}/{'y' if r.get('ec_significant') else 'n'}"
+        print(
+            f"{r['technique']:22s} {r['perplexity']:11.2f} {change(r.get('pc')):>9s} {r['seconds_mean']:10.3f} "
+            f"{(f'{t_half:.3f}' if t_half is not None else 'n/a'):>7s} {change(r.get('tc')):>9s} "
+            f"{(r['joules_mean'] or float('nan')):10.2f} {(f'{e_half:.2f}' if e_half is not None else 'n/a'):>7s} "
+            f"{change(r.get('ec')):>10s} {significant:>8s} "
+            f"{(r.get('opt_balanced') if r.get('opt_balanced') is not None else float('nan')):8.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
