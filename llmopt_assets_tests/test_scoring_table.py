@@ -64,3 +64,24 @@ def test_estimates_and_missing_base_are_flagged() -> None:
     )
     row = opt_table(frame).filter(pl.col("technique") == "ah90").row(0, named=True)
     assert "estimate" in row["flags"]
+
+
+def test_implausible_power_reaches_the_score_flags() -> None:
+    from llmopt_assets.measure.energy import ComponentEnergy, EnergyReading
+    from llmopt_assets.measure.runs import PowerRange, repetition_row
+    from llmopt_assets.measure.perplexity import PerplexityResult
+    from llmopt_assets.measure.repetitions import Repetition
+
+    # 900 J in 1 s is 900 W: far above a 65 W CPU's 1.5 × margin.
+    reading = EnergyReading("fake", 1.0, (ComponentEnergy("cpu", 900.0, "counter", "test"),))
+    repetition = Repetition(0, PerplexityResult(20.0, 100.0, 50, 1, 1.0), 1.0, reading)
+    row = repetition_row(repetition, {"model": "m"}, PowerRange(max_watts=65.0, idle_watts=5.0))
+    assert "above 1.5 × max 65.0 W" in row["energy_flags"]
+    frame = pl.DataFrame(
+        rows("base", 20.0, [1.0, 1.0], [10.0, 10.0]) + rows("nf4", 21.0, [1.0, 1.1], [900.0, 900.0]),
+        infer_schema_length=None,
+    ).with_columns(
+        pl.when(pl.col("technique") == "nf4").then(pl.lit(row["energy_flags"])).otherwise(pl.lit("")).alias("energy_flags")
+    )
+    nf4 = opt_table(frame).filter(pl.col("technique") == "nf4").row(0, named=True)
+    assert "above 1.5 × max 65.0 W" in nf4["flags"]

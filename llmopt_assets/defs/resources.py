@@ -7,6 +7,7 @@ import polars as pl
 import torch
 
 from llmopt_assets.measure.energy import EnergyMeter, make_meter
+from llmopt_assets.measure.runs import PowerRange
 from llmopt_assets.models.registry import DEFAULT_REGISTRY, ModelSpec, load_registry, resolve
 from llmopt_assets.models.store import ModelStore
 from llmopt_assets.profiles import EvaluationProfile, get_profile
@@ -58,6 +59,13 @@ class EnergyMeterResource(dg.ConfigurableResource):
 
     meter: str = "auto"
     pue: float = 1.0
+    # What the metered hardware can draw (e.g. CPU TDP + DRAM, or the GPU's power limit) and
+    # draws idle: average powers outside [idle / 1.5, max × 1.5] are flagged. None = unknown.
+    max_watts: float | None = None
+    idle_watts: float | None = None
+
+    def power_range(self) -> PowerRange:
+        return PowerRange(self.max_watts, self.idle_watts)
 
     def make(self) -> EnergyMeter:
         # Only the meters that model a data centre take a PUE; the others measure the machine.

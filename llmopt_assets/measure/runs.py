@@ -3,18 +3,27 @@ metered, one row per repetition with everything needed to trace and judge the nu
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import torch
 from transformers import PreTrainedModel
 
-from llmopt_assets.measure.energy import EnergyMeter
+from llmopt_assets.measure.energy import EnergyMeter, power_flags
 from llmopt_assets.measure.hardware import hardware_info
 from llmopt_assets.measure.perplexity import PerplexityProtocol, PerplexityResult, evaluate_perplexity
 from llmopt_assets.measure.repetitions import Repetition, RepetitionProtocol, run_repetitions
 
 
-def repetition_row(repetition: Repetition, context: dict) -> dict:
+@dataclass(frozen=True)
+class PowerRange:
+    """What the measured hardware can draw, for plausibility flags; None = unknown."""
+
+    max_watts: float | None = None
+    idle_watts: float | None = None
+
+
+def repetition_row(repetition: Repetition, context: dict, power: PowerRange = PowerRange()) -> dict:
     """One measured repetition as a flat table row (JSON strings for nested records)."""
     result: PerplexityResult = repetition.value
     energy = repetition.energy
@@ -35,6 +44,7 @@ def repetition_row(repetition: Repetition, context: dict) -> dict:
         "energy_is_estimate": energy.is_estimate,
         "energy_pue": energy.pue,
         "energy": json.dumps(energy.to_dict(), default=str),
+        "energy_flags": "; ".join(power_flags(energy, max_watts=power.max_watts, idle_watts=power.idle_watts)),
     }
 
 
@@ -46,6 +56,7 @@ def measure_perplexity(
     repetitions: RepetitionProtocol,
     context: dict,
     on_repetition: Callable[[Repetition], None] | None = None,
+    power: PowerRange = PowerRange(),
 ) -> list[dict]:
     """Rows for each measured repetition. `context` names the model, technique, fingerprints,
     recipe and profile; the protocol, hardware and meter are added here."""
@@ -63,4 +74,4 @@ def measure_perplexity(
     done = run_repetitions(
         lambda: evaluate_perplexity(model, tokens, protocol), meter, repetitions, on_repetition=on_repetition
     )
-    return [repetition_row(r, context) for r in done]
+    return [repetition_row(r, context, power) for r in done]

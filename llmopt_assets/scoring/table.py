@@ -56,6 +56,8 @@ def comparability_flags(variant: pl.DataFrame, base: pl.DataFrame) -> list[str]:
         flags.append(f"energy methods mixed in one comparison: {sorted(methods)}")
     if any(variant["energy_is_estimate"].to_list()):
         flags.append("energy is an estimate, not a measured counter")
+    if "energy_flags" in variant.columns:
+        flags.extend(sorted({f for f in variant["energy_flags"].to_list() if f}))
     return flags
 
 

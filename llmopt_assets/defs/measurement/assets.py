@@ -81,6 +81,7 @@ def perplexity_run(
                 f"repetition {r.index}: ppl {r.value.perplexity:.3f}, {r.seconds:.2f} s, "
                 f"{r.energy.joules if r.energy.joules is not None else 'unavailable'} J ({r.energy.method})"
             ),
+            power=energy_meter.power_range(),
         )
     except RepetitionError as error:
         raise dg.Failure(
