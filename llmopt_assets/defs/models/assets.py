@@ -174,7 +174,18 @@ def compressed_variant(
             details=outcome.details,
             extra_files=(lambda d: head_pruning.save_head_spec(d, heads)) if heads else None,
         )
-    details = weights.details if prunes else {}
+    details = dict(weights.details) if prunes else {}
+    if quant:
+        # Quantize once now, to record what loading will do (the config and the modules
+        # replaced) in the manifest; the check compares the count with the quantizable layers.
+        model, _ = store.load(weights, verify=False)
+        quantizable = len(quantization.quantizable_linear_names(model))
+        report = quantization.quantize(model, quant["scheme"], device=compute.resolved_device())
+        details["quantize"] = {
+            **report.to_dict(),
+            "quantizable_linear_layers": quantizable,
+            "bnb_modules_found": quantization.count_quantized_modules(model),
+        }
     if technique == weights.technique:
         manifest = weights
     else:
@@ -233,16 +244,13 @@ def variant_checks(store, manifest: Manifest, recipe, details: dict):
                 "sparsity": dg.MetadataValue.float(zeros / total),
             },
         )
-    scheme = manifest.load.get("quantization")
-    if not scheme:
+    quantized = details.get("quantize")
+    if quantized is None:
         yield dg.AssetCheckResult(check_name="modules_really_quantized", passed=True, metadata={"applies": False})
     else:
-        plain, _ = store.load(manifest, verify=False, quantize=False)
-        expected = len(quantization.quantizable_linear_names(plain))
-        model, _ = store.load(manifest, verify=False)
-        quantized = quantization.count_quantized_modules(model)
+        count, expected = quantized["bnb_modules_found"], quantized["quantizable_linear_layers"]
         yield dg.AssetCheckResult(
             check_name="modules_really_quantized",
-            passed=quantized > 0 and quantized == expected,
-            metadata={"quantized_modules": quantized, "quantizable_modules": expected, "scheme": scheme},
+            passed=count > 0 and count == expected,
+            metadata={"quantized_modules": count, "quantizable_modules": expected, "scheme": quantized["scheme"]},
         )
