@@ -78,6 +78,10 @@ class ModelStore:
     def artifact_dir(self, model: str, technique: str) -> Path:
         return self.root / model / technique
 
+    def corpus_path(self, model: str, corpus: str) -> Path:
+        """Where a corpus tokenized with this model's tokenizer lives ('eval' or 'calibration')."""
+        return self.root / model / "corpora" / f"{corpus}.safetensors"
+
     def exists(self, model: str, technique: str) -> bool:
         return (self.artifact_dir(model, technique) / MANIFEST).is_file()
 

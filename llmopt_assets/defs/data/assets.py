@@ -1,6 +1,7 @@
 """Evaluation and calibration corpora, tokenized per model."""
 
 import hashlib
+from pathlib import Path
 
 import dagster as dg
 from transformers import AutoTokenizer
@@ -16,12 +17,10 @@ from llmopt_assets.measure.corpus import (
     tokenize_stream,
 )
 
-EVAL_FILE = "wikitext2-test.safetensors"
-CALIBRATION_FILE = "wikitext2-valid.safetensors"
 
 
 def _tokenize_to_store(
-    context: dg.AssetExecutionContext, model_store: ModelStoreResource, source, filename: str, joiner: str
+    context: dg.AssetExecutionContext, model_store: ModelStoreResource, source: Path, corpus: str, joiner: str
 ) -> dg.MaterializeResult:
     store = model_store.store()
     slug = context.partition_key
@@ -29,7 +28,7 @@ def _tokenize_to_store(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     text = corpus_text(source, joiner)
     stream = tokenize_stream(tokenizer, text)
-    path = store.root / slug / "corpora" / filename
+    path = store.corpus_path(slug, corpus)
     text_sha = hashlib.sha256(text.encode()).hexdigest()
     save_tokens(path, stream, {"source": source.name, "joiner": repr(joiner), "text_sha256": text_sha})
     return dg.MaterializeResult(
@@ -54,7 +53,7 @@ def _tokenize_to_store(
 def eval_corpus(context: dg.AssetExecutionContext, model_store: ModelStoreResource) -> dg.MaterializeResult:
     """WikiText-2 raw test split, rows joined with "\\n\\n", tokenized with the model's tokenizer
     into one stream (the perplexity protocol's corpus)."""
-    return _tokenize_to_store(context, model_store, WIKITEXT2_RAW_TEST, EVAL_FILE, EVAL_JOINER)
+    return _tokenize_to_store(context, model_store, WIKITEXT2_RAW_TEST, "eval", EVAL_JOINER)
 
 
 @dg.asset(
@@ -68,4 +67,4 @@ def calibration_corpus(
 ) -> dg.MaterializeResult:
     """WikiText-2 valid split, held apart from evaluation: calibration for head pruning and
     SparseGPT, training text for distillation."""
-    return _tokenize_to_store(context, model_store, WIKITEXT2_VALID, CALIBRATION_FILE, "")
+    return _tokenize_to_store(context, model_store, WIKITEXT2_VALID, "calibration", "")

@@ -20,7 +20,6 @@ from llmopt_assets.measure.runs import measure_perplexity
 from llmopt_assets.models.architecture import context_length
 from llmopt_assets.profiles import window_length
 
-EVAL_FILE = "wikitext2-test.safetensors"
 
 
 @dg.asset(
@@ -55,7 +54,7 @@ def perplexity_run(
         dtype=compute.dtype,
         max_tokens=evaluation.max_tokens,
     )
-    tokens = load_tokens(store.root / slug / "corpora" / EVAL_FILE)
+    tokens = load_tokens(store.corpus_path(slug, "eval"))
     row_context = {
         "model": slug,
         "technique": technique,

@@ -17,7 +17,6 @@ from llmopt_assets.techniques import head_pruning, quantization, sparsegpt
 from llmopt_assets.techniques.recipe import BASE, parse
 from llmopt_assets.techniques.variants import build_student, prune, weights_recipe
 
-CALIBRATION_FILE = "wikitext2-valid.safetensors"
 
 
 def manifest_metadata(manifest: Manifest) -> dict:
@@ -101,7 +100,7 @@ def train_student(
     key = "kd" if divergence == "forward" else "kd-rkl"
     teacher_manifest = store.manifest(slug, BASE)
     teacher, tokenizer = store.load(teacher_manifest, device=device)
-    stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
+    stream = load_tokens(store.corpus_path(slug, "calibration"))
     student, details = build_student(teacher, stream, profile.get(), divergence, spec, log=log)
     return store.write_weights(
         slug, key, student, tokenizer,
@@ -161,7 +160,7 @@ def compressed_variant(
         context.log.info(f"reusing the {recipe.weights_key} weights: same parent and recipe")
     else:
         model, tokenizer = store.load(parent)
-        stream = load_tokens(store.root / slug / "corpora" / CALIBRATION_FILE)
+        stream = load_tokens(store.corpus_path(slug, "calibration"))
         outcome = prune(model, recipe, stream, profile.get(), log=context.log.info)
         heads = outcome.heads
         weights = store.write_weights(
