@@ -116,3 +116,41 @@ def test_unknown_model_fails_clearly(project: dict) -> None:
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unknown model 'gpt5'" in failure.step_failure_data.error.to_string()
     assert not (Path(project["root"]) / "store" / "gpt5").exists()
+
+
+def test_a_failing_repetition_leaves_earlier_measurements_intact(project: dict, monkeypatch) -> None:
+    import llmopt_assets.measure.runs as runs
+
+    table = Path(project["root"]) / "tables" / "perplexity_run" / f"{MODEL}__base.parquet"
+    before = table.read_bytes()
+    calls = {"n": 0}
+    real = runs.evaluate_perplexity
+
+    def nan_on_third_call(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise FloatingPointError("non-finite loss (nan) in window [0, 128)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "evaluate_perplexity", nan_on_third_call)
+    key = dg.MultiPartitionKey({"model": MODEL, "technique": "base"})
+    result = dg.materialize([compressed_variant, perplexity_run], partition_key=key, resources=project["resources"],
+                            instance=project["instance"], selection=[perplexity_run], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.to_string() + str(failure.step_failure_data.user_failure_data)
+    assert "repetition failed after 1 completed" in message and "non-finite loss" in message
+    assert table.read_bytes() == before  # the previous materialization is untouched
+
+
+def test_registry_sensor_adds_every_listed_model() -> None:
+    from llmopt_assets.defs.jobs import model_registry_sensor
+    from llmopt_assets.models.registry import load_registry
+
+    instance = dg.DagsterInstance.ephemeral()
+    result = model_registry_sensor(dg.build_sensor_context(instance=instance))
+    requested = {key for request in result.dynamic_partitions_requests for key in request.partition_keys}
+    assert requested == set(load_registry())
+    instance.add_dynamic_partitions("model", sorted(requested))
+    again = model_registry_sensor(dg.build_sensor_context(instance=instance))
+    assert again.dynamic_partitions_requests == []
