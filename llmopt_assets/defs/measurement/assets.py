@@ -78,7 +78,8 @@ def perplexity_run(
             row_context,
             on_repetition=lambda r: context.log.info(
                 f"repetition {r.index}: ppl {r.value.perplexity:.3f}, {r.seconds:.2f} s, "
-                f"{r.energy.joules if r.energy.joules is not None else 'unavailable'} J ({r.energy.method})"
+                + (f"{r.energy.joules:.1f} J" if r.energy.joules is not None else "energy unavailable")
+                + f" ({r.energy.method})"
             ),
             power=energy_meter.power_range(),
         )
