@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from llmopt_assets.measure.corpus import calibration_windows
+from llmopt_assets.measure.corpus import calibration_windows, load_tokens
 from llmopt_assets.models.architecture import context_length, decoder_layers
 from llmopt_assets.models.registry import ModelSpec
+from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.profiles import EvaluationProfile
-from llmopt_assets.techniques import distillation, head_pruning, sparsegpt
-from llmopt_assets.techniques.recipe import Recipe
+from llmopt_assets.techniques import distillation, head_pruning, quantization, sparsegpt
+from llmopt_assets.techniques.recipe import BASE, Recipe
 
 CALIBRATION_SEED = 0
 DISTILLATION_PRESETS = {
@@ -140,3 +141,88 @@ def build_student(
         "final_loss": result.final_loss,
         **result.to_dict(),
     }
+
+
+def train_student(
+    store: ModelStore,
+    slug: str,
+    divergence: str,
+    profile: EvaluationProfile,
+    spec: ModelSpec,
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
+) -> Manifest:
+    """Distil the stored base model into a student, stored as the 'kd' (or 'kd-rkl') artifact."""
+    key = "kd" if divergence == "forward" else "kd-rkl"
+    teacher_manifest = store.manifest(slug, BASE)
+    teacher, tokenizer = store.load(teacher_manifest, device=device)
+    stream = load_tokens(store.corpus_path(slug, "calibration"))
+    student, details = build_student(teacher, stream, profile, divergence, spec, log=log)
+    return store.write_weights(
+        slug, key, student, tokenizer,
+        recipe=[{"step": "distill", "key": key, "divergence": divergence}],
+        parent_fingerprint=teacher_manifest.fingerprint,
+        details=details,
+    )
+
+
+def _stored_weights(store: ModelStore, slug: str, key: str, parent: Manifest, recipe: list[dict]) -> Manifest | None:
+    """The artifact `key` if it holds exactly these weights (same parent, same recipe)."""
+    if not store.exists(slug, key):
+        return None
+    existing = store.manifest(slug, key)
+    same = existing.parent_fingerprint == parent.fingerprint and existing.recipe == recipe
+    return existing if same else None
+
+
+def materialize_variant(
+    store: ModelStore,
+    slug: str,
+    recipe: Recipe,
+    profile: EvaluationProfile,
+    spec: ModelSpec,
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
+) -> tuple[Manifest, dict]:
+    """The variant's artifact and what its steps did. Pruned weights are stored under the
+    technique without quantization (so nf4+ah80 and int8+ah80 share the ah80 weights) and
+    computed once; quantization is recorded, with the report of a trial quantization."""
+    if recipe.parent_key == "kd-rkl" and not store.exists(slug, "kd-rkl"):
+        # The reverse-KL student serves only this technique: trained here, on demand.
+        train_student(store, slug, "reverse", profile, spec, log, device)
+    parent = store.manifest(slug, recipe.parent_key)
+    steps = weights_recipe(recipe, profile)
+    prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
+    weights = parent if not prunes else _stored_weights(store, slug, recipe.weights_key, parent, steps)
+    if weights is None:
+        model, tokenizer = store.load(parent)
+        outcome = prune(model, recipe, load_tokens(store.corpus_path(slug, "calibration")), profile, log)
+        heads = outcome.heads
+        weights = store.write_weights(
+            slug, recipe.weights_key, model, tokenizer,
+            recipe=steps,
+            parent_fingerprint=parent.fingerprint,
+            details=outcome.details,
+            extra_files=(lambda d: head_pruning.save_head_spec(d, heads)) if heads else None,
+        )
+    elif prunes:
+        log(f"reusing the {recipe.weights_key} weights: same parent and recipe")
+    details = dict(weights.details) if prunes else {}
+    quant = recipe.step("quantize")
+    if quant is None:
+        return weights, details
+    model, _ = store.load(weights, verify=False)
+    quantizable = len(quantization.quantizable_linear_names(model))
+    report = quantization.quantize(model, quant["scheme"], device=device)
+    details["quantize"] = {
+        **report.to_dict(),
+        "quantizable_linear_layers": quantizable,
+        "bnb_modules_found": quantization.count_quantized_modules(model),
+    }
+    manifest = store.write_derived(
+        slug, recipe.key, weights,
+        recipe=[dict(step) for step in recipe.steps],
+        load={"quantization": quant["scheme"]},
+        details=details,
+    )
+    return manifest, details

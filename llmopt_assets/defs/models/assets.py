@@ -9,13 +9,11 @@ from llmopt_assets.defs.resources import (
     ModelRegistryResource,
     ModelStoreResource,
 )
-from llmopt_assets.measure.corpus import load_tokens
 from llmopt_assets.models.sources import load_source
-from llmopt_assets.models.registry import ModelSpec
-from llmopt_assets.models.store import Manifest, ModelStore
-from llmopt_assets.techniques import head_pruning, quantization, sparsegpt
+from llmopt_assets.models.store import Manifest
+from llmopt_assets.techniques import sparsegpt
 from llmopt_assets.techniques.recipe import BASE, parse
-from llmopt_assets.techniques.variants import build_student, prune, weights_recipe
+from llmopt_assets.techniques.variants import materialize_variant, train_student
 
 
 
@@ -73,7 +71,7 @@ def distilled_student(
     compute.apply_threads()
     slug = context.partition_key
     manifest = train_student(
-        model_store.store(), slug, "forward", profile, registry.spec(slug), context.log.info,
+        model_store.store(), slug, "forward", profile.get(), registry.spec(slug), context.log.info,
         device=compute.resolved_device(),
     )
     details = manifest.details
@@ -84,29 +82,6 @@ def distilled_student(
             "distillation": dg.MetadataValue.json(details),
         },
         data_version=dg.DataVersion(manifest.fingerprint[:16]),
-    )
-
-
-def train_student(
-    store: ModelStore,
-    slug: str,
-    divergence: str,
-    profile: EvaluationProfileResource,
-    spec: ModelSpec,
-    log,
-    device: str = "cpu",
-) -> Manifest:
-    """Distil the base model into a student and store it as the 'kd' (or 'kd-rkl') artifact."""
-    key = "kd" if divergence == "forward" else "kd-rkl"
-    teacher_manifest = store.manifest(slug, BASE)
-    teacher, tokenizer = store.load(teacher_manifest, device=device)
-    stream = load_tokens(store.corpus_path(slug, "calibration"))
-    student, details = build_student(teacher, stream, profile.get(), divergence, spec, log=log)
-    return store.write_weights(
-        slug, key, student, tokenizer,
-        recipe=[{"step": "distill", "key": key, "divergence": divergence}],
-        parent_fingerprint=teacher_manifest.fingerprint,
-        details=details,
     )
 
 
@@ -143,65 +118,14 @@ def compressed_variant(
     slug, technique = variant_key(context)
     recipe = parse(technique)
     store = model_store.store()
-    full_recipe = [dict(step) for step in recipe.steps]
-    quant = recipe.step("quantize")
-    load = {"quantization": quant["scheme"]} if quant else {}
-    prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
-    parent_key = recipe.parent_key
-    if parent_key == "kd-rkl" and not store.exists(slug, "kd-rkl"):
-        # The reverse-KL student is only used by this technique: it is trained here, on demand.
-        train_student(store, slug, "reverse", profile, registry.spec(slug), context.log.info)
-    parent = store.manifest(slug, parent_key)
-    steps = weights_recipe(recipe, profile.get())
-    if not prunes:
-        weights = parent
-    elif reusable(store, slug, recipe.weights_key, parent.fingerprint, steps):
-        weights = store.manifest(slug, recipe.weights_key)
-        context.log.info(f"reusing the {recipe.weights_key} weights: same parent and recipe")
-    else:
-        model, tokenizer = store.load(parent)
-        stream = load_tokens(store.corpus_path(slug, "calibration"))
-        outcome = prune(model, recipe, stream, profile.get(), log=context.log.info)
-        heads = outcome.heads
-        weights = store.write_weights(
-            slug,
-            recipe.weights_key,
-            model,
-            tokenizer,
-            recipe=steps,
-            parent_fingerprint=parent.fingerprint,
-            details=outcome.details,
-            extra_files=(lambda d: head_pruning.save_head_spec(d, heads)) if heads else None,
-        )
-    details = dict(weights.details) if prunes else {}
-    if quant:
-        # Quantize once now, to record what loading will do (the config and the modules
-        # replaced) in the manifest; the check compares the count with the quantizable layers.
-        model, _ = store.load(weights, verify=False)
-        quantizable = len(quantization.quantizable_linear_names(model))
-        report = quantization.quantize(model, quant["scheme"], device=compute.resolved_device())
-        details["quantize"] = {
-            **report.to_dict(),
-            "quantizable_linear_layers": quantizable,
-            "bnb_modules_found": quantization.count_quantized_modules(model),
-        }
-    if technique == weights.technique:
-        manifest = weights
-    else:
-        manifest = store.write_derived(slug, technique, weights, recipe=full_recipe, load=load, details=details)
+    manifest, details = materialize_variant(
+        store, slug, recipe, profile.get(), registry.spec(slug), context.log.info, compute.resolved_device()
+    )
     yield dg.MaterializeResult(
         metadata={**manifest_metadata(manifest), "details": dg.MetadataValue.json(details)},
         data_version=dg.DataVersion(manifest.fingerprint[:16]),
     )
     yield from variant_checks(store, manifest, recipe, details)
-
-
-def reusable(store, slug: str, key: str, parent_fingerprint: str, recipe: list[dict]) -> bool:
-    """True when the store already holds these weights: same parent, same recipe."""
-    if not store.exists(slug, key):
-        return False
-    existing = store.manifest(slug, key)
-    return existing.parent_fingerprint == parent_fingerprint and existing.recipe == recipe
 
 
 def variant_checks(store, manifest: Manifest, recipe, details: dict):
