@@ -85,3 +85,13 @@ def test_implausible_power_reaches_the_score_flags() -> None:
     )
     nf4 = opt_table(frame).filter(pl.col("technique") == "nf4").row(0, named=True)
     assert "above 1.5 × max 65.0 W" in nf4["flags"]
+
+
+def test_runs_far_apart_in_time_are_flagged() -> None:
+    base = [dict(r, measured_at="2026-11-01T10:00:00+00:00") for r in rows("base", 20.0, [1.0, 1.1], [10.0, 11.0])]
+    near = [dict(r, measured_at="2026-11-01T10:20:00+00:00") for r in rows("nf4", 21.0, [1.0, 1.1], [9.0, 9.5])]
+    far = [dict(r, measured_at="2026-11-03T10:00:00+00:00") for r in rows("int8", 21.0, [1.0, 1.1], [9.0, 9.5])]
+    table = opt_table(pl.DataFrame(base + near + far, infer_schema_length=None))
+    flags = dict(zip(table["technique"].to_list(), table["flags"].to_list()))
+    assert "apart" not in flags["nf4"]
+    assert "48.0 h apart from the base" in flags["int8"]

@@ -3,6 +3,7 @@ model's base, with confidence intervals, and Eq. 1 for each preset."""
 
 import json
 import math
+from datetime import datetime
 
 import polars as pl
 
@@ -10,6 +11,7 @@ from llmopt_assets.measure.stats import ratio_of_means, summarize
 from llmopt_assets.scoring.opt import PRESETS, QualityScore, opt_score, quality_penalty
 
 BASE = "base"
+MAX_GAP_HOURS = 1.0
 
 
 def _values(frame: pl.DataFrame, column: str) -> list[float] | None:
@@ -56,6 +58,12 @@ def comparability_flags(variant: pl.DataFrame, base: pl.DataFrame) -> list[str]:
         flags.append(f"energy methods mixed in one comparison: {sorted(methods)}")
     if any(variant["energy_is_estimate"].to_list()):
         flags.append("energy is an estimate, not a measured counter")
+    if "measured_at" in variant.columns and "measured_at" in base.columns:
+        # The CIs cover noise within a run, not the machine's drift between distant runs.
+        times = [datetime.fromisoformat(t) for t in variant["measured_at"].to_list() + base["measured_at"].to_list()]
+        gap_hours = (max(times) - min(times)).total_seconds() / 3600
+        if gap_hours > MAX_GAP_HOURS:
+            flags.append(f"measured {gap_hours:.1f} h apart from the base: drift between runs is not in the CI")
     if "energy_flags" in variant.columns:
         flags.extend(sorted({f for f in variant["energy_flags"].to_list() if f}))
     return flags
