@@ -24,7 +24,7 @@ from llmopt_assets.models.store import ModelStore
 from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
 MODEL = "tiny-llama"
-TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "sparsegpt-2:4", "magnitude-2:4"]
+TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4"]
 PREPARE = [base_model, eval_corpus, calibration_corpus, distilled_student]
 VARIANT = [compressed_variant, perplexity_run]
 SCORING = [measurements, opt_scores, trade_off_charts]

@@ -187,9 +187,13 @@ def materialize_variant(
     """The variant's artifact and what its steps did. Pruned weights are stored under the
     technique without quantization (so nf4+ah80 and int8+ah80 share the ah80 weights) and
     computed once; quantization is recorded, with the report of a trial quantization."""
-    if recipe.parent_key == "kd-rkl" and not store.exists(slug, "kd-rkl"):
-        # The reverse-KL student serves only this technique: trained here, on demand.
-        train_student(store, slug, "reverse", profile, spec, log, device)
+    if recipe.parent_key == "kd-rkl":
+        # The reverse-KL student serves only this technique: trained here, when missing or
+        # when the base weights it was distilled from have changed.
+        base = store.manifest(slug, BASE)
+        student = [{"step": "distill", "key": "kd-rkl", "divergence": "reverse"}]
+        if _stored_weights(store, slug, "kd-rkl", base, student) is None:
+            train_student(store, slug, "reverse", profile, spec, log, device)
     parent = store.manifest(slug, recipe.parent_key)
     steps = weights_recipe(recipe, profile)
     prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
