@@ -118,7 +118,14 @@ def test_unknown_model_fails_clearly(project: dict) -> None:
     assert not (Path(project["root"]) / "store" / "gpt5").exists()
 
 
-def test_a_failing_repetition_leaves_earlier_measurements_intact(project: dict, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "error,expected",
+    [(FloatingPointError("non-finite loss (nan) in window [0, 128)"), "non-finite loss"),
+     (MemoryError("cannot allocate 1.6 GB"), "Out of memory: lower the profile's max_length")],
+)
+def test_a_failing_repetition_leaves_earlier_measurements_intact(
+    project: dict, monkeypatch, error: Exception, expected: str
+) -> None:
     import llmopt_assets.measure.runs as runs
 
     table = Path(project["root"]) / "tables" / "perplexity_run" / f"{MODEL}__base.parquet"
@@ -129,7 +136,7 @@ def test_a_failing_repetition_leaves_earlier_measurements_intact(project: dict, 
     def nan_on_third_call(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise FloatingPointError("non-finite loss (nan) in window [0, 128)")
+            raise error
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runs, "evaluate_perplexity", nan_on_third_call)
@@ -139,7 +146,7 @@ def test_a_failing_repetition_leaves_earlier_measurements_intact(project: dict, 
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.to_string() + str(failure.step_failure_data.user_failure_data)
-    assert "repetition failed after 1 completed" in message and "non-finite loss" in message
+    assert "repetition failed after 1 completed" in message and expected in message
     assert table.read_bytes() == before  # the previous materialization is untouched
 
 

@@ -5,6 +5,7 @@ import math
 
 import dagster as dg
 import polars as pl
+import torch
 
 from llmopt_assets.defs.partitions import model_of_variant, variant_key, variant_partitions
 from llmopt_assets.defs.resources import (
@@ -84,9 +85,14 @@ def perplexity_run(
             power=energy_meter.power_range(),
         )
     except RepetitionError as error:
+        cause = error.__cause__ or error
+        hint = (
+            " Out of memory: lower the profile's max_length or max_tokens, or use the bfloat16 dtype."
+            if isinstance(cause, (MemoryError, torch.OutOfMemoryError)) else ""
+        )
         raise dg.Failure(
             description=f"{slug}|{technique}: repetition failed after {len(error.completed)} completed "
-            f"ones: {error.__cause__ or error}. Earlier materializations are untouched.",
+            f"ones: {cause}.{hint} Earlier materializations are untouched.",
             metadata={"completed_repetitions": len(error.completed)},
         ) from error
     table = pl.DataFrame(rows, infer_schema_length=None)
