@@ -19,6 +19,7 @@ class EvaluationProfile:
     sparsegpt_samples: int
     sparsegpt_length: int
     distillation: str  # DistillationConfig preset name
+    cooldown_seconds: float = 0.0  # idle pause before each measured repetition (thermal settling)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -81,11 +81,12 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     max_tokens: int | None = None
     sparsegpt_samples: int | None = None
     sparsegpt_length: int | None = None
+    cooldown_seconds: float | None = None
 
     def get(self) -> EvaluationProfile:
         overrides = {
             name: getattr(self, name)
-            for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length")
+            for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length", "cooldown_seconds")
             if getattr(self, name) is not None
         }
         return get_profile(self.profile, **overrides)

@@ -75,7 +75,7 @@ def perplexity_run(
             tokens,
             protocol,
             meter,
-            RepetitionProtocol(warmup=evaluation.warmup, repetitions=evaluation.repetitions),
+            RepetitionProtocol(evaluation.warmup, evaluation.repetitions, evaluation.cooldown_seconds),
             row_context,
             on_repetition=lambda r: context.log.info(
                 f"repetition {r.index}: ppl {r.value.perplexity:.3f}, {r.seconds:.2f} s, "
