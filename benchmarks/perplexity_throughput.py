@@ -29,26 +29,7 @@ from llmopt_assets.measure.corpus import WIKITEXT2_RAW_TEST, corpus_text, tokeni
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity  # noqa: E402
 from llmopt_assets.models.registry import load_registry  # noqa: E402
 from llmopt_assets.models.sources import load_source  # noqa: E402
-
-
-def reference_loop(model, ids: torch.Tensor, max_length: int, stride: int) -> tuple[float, int]:
-    """The HF perplexity guide's loop: full logits and the model's own loss per window."""
-    nll_sum, n_tokens, prev_end = 0.0, 0, 0
-    for begin in range(0, len(ids), stride):
-        end = min(begin + max_length, len(ids))
-        trg_len = end - prev_end
-        input_ids = ids[begin:end].unsqueeze(0)
-        target_ids = input_ids.clone()
-        target_ids[:, :-trg_len] = -100
-        with torch.no_grad():
-            loss = model(input_ids, labels=target_ids, use_cache=False).loss
-        scored = int((target_ids[:, 1:] != -100).sum())
-        nll_sum += float(loss) * scored
-        n_tokens += scored
-        prev_end = end
-        if end == len(ids):
-            break
-    return math.exp(nll_sum / n_tokens), n_tokens
+from llmopt_assets_tests.references import reference_perplexity  # noqa: E402
 
 
 def load(tokens: int):
@@ -61,7 +42,7 @@ def evaluate(mode: str, model, ids: torch.Tensor, max_length: int) -> tuple[floa
     """(perplexity, scored tokens, seconds) of one mode over the same windows."""
     started = time.perf_counter()
     if mode == "reference-fp32":
-        perplexity, scored = reference_loop(model, ids, max_length, max_length)
+        perplexity, scored = reference_perplexity(model, ids, max_length, max_length)
     else:
         dtype = "bfloat16" if mode == "ours-bf16" else "float32"
         protocol = PerplexityProtocol("wikitext-2-raw-v1/test", "\n\n", max_length, max_length, dtype)

@@ -1,33 +1,14 @@
-import math
 
 import pytest
 import torch
 
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity, windows
+from llmopt_assets_tests.references import reference_perplexity
 from llmopt_assets_tests.tiny_models import random_token_ids, tiny_model
 
 
-def reference_perplexity(model, ids: torch.Tensor, max_length: int, stride: int) -> float:
-    """The HF perplexity guide's loop, with the scored-token count made exact: full logits,
-    labels masked with -100 for the context part, the model's own loss."""
-    nll_sum, n_tokens, prev_end = 0.0, 0, 0
-    seq_len = len(ids)
-    for begin in range(0, seq_len, stride):
-        end = min(begin + max_length, seq_len)
-        trg_len = end - prev_end
-        input_ids = ids[begin:end].unsqueeze(0)
-        target_ids = input_ids.clone()
-        target_ids[:, :-trg_len] = -100
-        with torch.no_grad():
-            loss = model(input_ids, labels=target_ids).loss
-        # The model shifts labels by one: the first label is never scored.
-        scored = int((target_ids[:, 1:] != -100).sum())
-        nll_sum += float(loss) * scored
-        n_tokens += scored
-        prev_end = end
-        if end == seq_len:
-            break
-    return math.exp(nll_sum / n_tokens)
+def reference(model, ids: torch.Tensor, max_length: int, stride: int) -> float:
+    return reference_perplexity(model, ids, max_length, stride)[0]
 
 
 @pytest.mark.parametrize("max_length,stride", [(32, 32), (32, 16), (17, 5), (64, 64), (128, 100)])
@@ -36,7 +17,7 @@ def test_matches_reference_loop(arch: str, max_length: int, stride: int) -> None
     ids = random_token_ids(1, 300, seed=1)[0]
     protocol = PerplexityProtocol("random", "", max_length, stride, "float32")
     ours = evaluate_perplexity(model, ids, protocol)
-    expected = reference_perplexity(model, ids, max_length, stride)
+    expected = reference(model, ids, max_length, stride)
     assert ours.perplexity == pytest.approx(expected, rel=1e-5)
 
 
@@ -58,7 +39,7 @@ def test_token_budget_limits_the_evaluation() -> None:
     protocol = PerplexityProtocol("random", "", 32, 32, "float32", max_tokens=96)
     result = evaluate_perplexity(model, ids, protocol)
     assert result.windows == 3
-    assert result.perplexity == pytest.approx(reference_perplexity(model, ids[:96], 32, 32), rel=1e-5)
+    assert result.perplexity == pytest.approx(reference(model, ids[:96], 32, 32), rel=1e-5)
 
 
 def test_bfloat16_is_close_to_float32() -> None:
