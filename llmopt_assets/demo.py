@@ -17,7 +17,7 @@ import transformers
 from llmopt_assets.defs.partitions import model_partitions
 from llmopt_assets.defs.resources import DEFAULT_VAR, PROJECT_ROOT
 from llmopt_assets.defs.scoring.assets import REPORTS_DIR
-from llmopt_assets.techniques.recipe import parse, technique_keys
+from llmopt_assets.techniques.recipe import RecipeError, parse, technique_keys
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--techniques", default="all", help="comma-separated keys, or 'all'")
     parser.add_argument("--profile", default="smoke", choices=["smoke", "paper"])
     args = parser.parse_args(argv)
-    techniques = technique_keys() if args.techniques == "all" else [parse(t).key for t in args.techniques.split(",")]
+    try:
+        techniques = technique_keys() if args.techniques == "all" else [parse(t).key for t in args.techniques.split(",")]
+    except RecipeError as error:
+        parser.error(str(error))
+    unknown = [t for t in techniques if t not in technique_keys()]
+    if unknown:
+        parser.error(f"{', '.join(unknown)}: valid recipes, but not technique partitions; partitions: "
+                     f"{', '.join(technique_keys())}")
     if "base" not in techniques:
         techniques.insert(0, "base")  # every ratio is against the base
 
