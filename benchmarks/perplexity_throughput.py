@@ -11,7 +11,6 @@ import argparse
 import copy
 import json
 import math
-import resource
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llmopt_assets.measure.corpus import WIKITEXT2_RAW_TEST, corpus_text, tokenize_stream  # noqa: E402
+from llmopt_assets.measure.hardware import peak_rss_mb  # noqa: E402
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity  # noqa: E402
 from llmopt_assets.models.registry import load_registry  # noqa: E402
 from llmopt_assets.models.sources import load_source  # noqa: E402
@@ -62,16 +62,7 @@ def peak_rss(mode: str, tokens: int, max_length: int, weights: str) -> dict:
     if mode == "ours-bf16":
         model = model.to(torch.bfloat16)
     perplexity, scored, seconds = evaluate(mode, model, ids, max_length)
-    return {"mode": mode, "perplexity": perplexity, "peak_rss_mb": high_water_mark_mb()}
-
-
-def high_water_mark_mb() -> float:
-    """Peak RSS of this process's address space (VmHWM). Not ru_maxrss: Linux carries that over
-    execve from the parent, so a child of a big parent would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"mode": mode, "perplexity": perplexity, "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

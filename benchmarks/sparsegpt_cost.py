@@ -21,17 +21,11 @@ from llmopt_assets.measure.corpus import (  # noqa: E402
     corpus_text,
     tokenize_stream,
 )
+from llmopt_assets.measure.hardware import peak_rss_mb  # noqa: E402
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity  # noqa: E402
 from llmopt_assets.models.registry import load_registry  # noqa: E402
 from llmopt_assets.models.sources import load_source  # noqa: E402
 from llmopt_assets.techniques.sparsegpt import DEFAULT_CALIBRATION, magnitude_prune, sparsegpt_prune  # noqa: E402
-
-
-def high_water_mark_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -61,7 +55,7 @@ def main() -> None:
     print(f"calibration {args.samples} x {args.length} tokens of the WikiText-2 valid split (seed 0)")
     print(f"SparseGPT 2:4: {wall:.0f} s wall, {cpu:.0f} s CPU, overall sparsity {report.overall_sparsity:.3f}, "
           f"n:m violations {report.nm_violations}")
-    print(f"peak RSS of the whole process (model copies included): {high_water_mark_mb():.0f} MB  (target < 4096)")
+    print(f"peak RSS of the whole process (model copies included): {peak_rss_mb():.0f} MB  (target < 4096)")
     print(f"perplexity on {args.windows} x 512 test tokens: base {base_ppl:.2f}, magnitude-2:4 {magnitude_ppl:.1f}, "
           f"sparsegpt-2:4 {sparse_ppl:.2f}")
 

@@ -108,3 +108,20 @@ def test_warmup_failure():
 def test_invalid_protocol(bad):
     with pytest.raises(ValueError):
         RepetitionProtocol(**bad)
+
+
+def test_peak_rss_grows_with_a_large_allocation() -> None:
+    import subprocess
+    import sys
+
+    # A fresh process, so that earlier tests' peaks do not hide the allocation.
+    script = (
+        "from llmopt_assets.measure.hardware import peak_rss_mb\n"
+        "before = peak_rss_mb()\n"
+        "block = bytearray(200 * 1024 * 1024)\n"
+        "block[::4096] = b'\\x01' * len(block[::4096])\n"
+        "print(before, peak_rss_mb())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    before, after = map(float, out.stdout.split())
+    assert after >= before + 150

@@ -98,3 +98,17 @@ def hardware_fingerprint(info: dict[str, Any] | None = None) -> str:
     keys = ("cpu_model", "logical_cores", "physical_cores", "ram_bytes", "gpus")
     text = json.dumps({k: info.get(k) for k in keys}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's address space (VmHWM), in MB. Not ru_maxrss:
+    Linux carries that over execve, so a child of a big parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status").read().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
