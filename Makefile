@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 env: $(VENV)/.installed
 
 demo: env  ## the main job: every technique on the embedded SmolLM2-135M, smoke profile
-	TQDM_DISABLE=1 $(PY) -m llmopt_assets.demo
+	TQDM_DISABLE=1 $(PY) -m llmopt_assets.cli demo
 
 test: env  ## the whole test suite
 	$(PY) -m pytest -q

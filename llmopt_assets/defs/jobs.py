@@ -5,7 +5,8 @@ from pathlib import Path
 import dagster as dg
 
 from llmopt_assets.defs.partitions import model_partitions, variant_partitions
-from llmopt_assets.models.registry import DEFAULT_REGISTRY, load_registry
+from llmopt_assets.models.registry import load_registry
+from llmopt_assets.paths import DEFAULT_REGISTRY
 
 prepare_models_job = dg.define_asset_job(
     "prepare_models_job",

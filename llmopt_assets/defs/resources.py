@@ -8,12 +8,11 @@ import torch
 
 from llmopt_assets.measure.energy import EnergyMeter, make_meter
 from llmopt_assets.measure.runs import PowerRange
-from llmopt_assets.models.registry import DEFAULT_REGISTRY, ModelSpec, load_registry, resolve
+from llmopt_assets.models.registry import ModelSpec, load_registry, resolve
+from llmopt_assets.paths import DEFAULT_REGISTRY, STORE_DIR, TABLES_DIR
 from llmopt_assets.models.store import ModelStore
 from llmopt_assets.profiles import EvaluationProfile, get_profile
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VAR = PROJECT_ROOT / "var"
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -47,7 +46,7 @@ class ComputeResource(dg.ConfigurableResource):
 class ModelStoreResource(dg.ConfigurableResource):
     """Safetensors artifacts with manifests, written atomically under `root`."""
 
-    root: str = str(DEFAULT_VAR / "store")
+    root: str = str(STORE_DIR)
 
     def store(self) -> ModelStore:
         return ModelStore(Path(self.root))
@@ -106,7 +105,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
     """Tables as Parquet, one file per partition; a downstream table over many partitions reads
     those that exist and concatenates them."""
 
-    root: str = str(DEFAULT_VAR / "tables")
+    root: str = str(TABLES_DIR)
 
     def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
         base = Path(self.root).joinpath(*asset_key.path)

@@ -5,7 +5,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+from llmopt_assets.paths import DATA_DIR
+
 
 # WikiText-2 raw test, the canonical file; its lines are the HF dataset's rows.
 WIKITEXT2_RAW_TEST = DATA_DIR / "wikitext-2-raw" / "wiki.test.raw"

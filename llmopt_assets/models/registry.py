@@ -7,7 +7,8 @@ from typing import Literal
 
 import yaml
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "models.yaml"
+from llmopt_assets.paths import DEFAULT_REGISTRY
+
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 SourceKind = Literal["hub", "local", "embedded"]
 

@@ -5,11 +5,10 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from llmopt_assets.defs.resources import DEFAULT_VAR
+from llmopt_assets.paths import REPORTS_DIR
 from llmopt_assets.scoring.charts import markdown_table, png_markdown, trade_off_chart
 from llmopt_assets.scoring.table import opt_table
 
-REPORTS_DIR = DEFAULT_VAR / "reports"
 
 
 @dg.asset(group_name="scoring", kinds={"polars"})

@@ -1,7 +1,7 @@
 """The main job on the embedded default: every technique on SmolLM2-135M (smoke profile), recorded
 in the project's DAGSTER_HOME so `dagster dev` shows the runs afterwards.
 
-    python -m llmopt_assets.demo [--model smollm2-135m] [--techniques base,int8,...] [--profile smoke]
+    llmopt demo [--model smollm2-135m] [--techniques base,int8,...] [--profile smoke]
 """
 
 import argparse
@@ -15,8 +15,7 @@ import dagster as dg
 import transformers
 
 from llmopt_assets.defs.partitions import model_partitions
-from llmopt_assets.defs.resources import DEFAULT_VAR, PROJECT_ROOT
-from llmopt_assets.defs.scoring.assets import REPORTS_DIR
+from llmopt_assets.paths import DAGSTER_HOME, REPORTS_DIR, TABLES_DIR
 from llmopt_assets.techniques.recipe import RecipeError, parse, technique_keys
 
 
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if "base" not in techniques:
         techniques.insert(0, "base")  # every ratio is against the base
 
-    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / "dagster_home"))
+    os.environ.setdefault("DAGSTER_HOME", str(DAGSTER_HOME))
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     instance = dg.DagsterInstance.get()
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nopt scores (lower is better; Pc, Tc, Ec = variant / base):\n")
         print(table.read_text())
     print(f"demo finished in {time.perf_counter() - demo_started:.0f} s")
-    print(f"results: {DEFAULT_VAR / 'tables'} (Parquet), {REPORTS_DIR / 'opt_scores.csv'}")
+    print(f"results: {TABLES_DIR} (Parquet), {REPORTS_DIR / 'opt_scores.csv'}")
     print(f"charts:  {REPORTS_DIR}/*-trade-offs.png")
     print(f"UI:      DAGSTER_HOME={instance.root_directory} .venv/bin/dagster dev -w {Path('workspace.yaml')}")
     if failed:

@@ -1,0 +1,1 @@
+"""Entry points: the `llmopt` command and its subcommands (each a module with main(argv) -> int)."""

@@ -1,0 +1,36 @@
+"""`llmopt <command> ...` (also `python -m llmopt_assets.cli <command> ...`).
+
+Each command is a module of this package exposing `main(argv: list[str] | None) -> int`; modules
+are imported only when their command runs, so `llmopt --help` stays fast.
+"""
+
+import importlib
+import sys
+
+# command -> (module, one line for the help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("llmopt_assets.cli.demo", "run every technique on a model (smoke profile) and print the scores"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {help_line}" for name, (_, help_line) in COMMANDS.items()]
+    return "usage: llmopt <command> [options]\n\ncommands:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"llmopt: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
