@@ -21,6 +21,7 @@ from llmopt_assets.measure.corpus import (  # noqa: E402
     WIKITEXT2_RAW_TEST,
     WIKITEXT2_VALID,
     corpus_text,
+    file_text,
     tokenize_stream,
 )
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity  # noqa: E402
@@ -49,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     teacher, tokenizer = load_source(load_registry()["smollm2-135m"])
     test_ids = tokenize_stream(tokenizer, corpus_text(WIKITEXT2_RAW_TEST))
-    train_ids = tokenize_stream(tokenizer, corpus_text(WIKITEXT2_VALID, ""))
+    train_ids = tokenize_stream(tokenizer, file_text(WIKITEXT2_VALID))
     protocol = PerplexityProtocol("wikitext-2-raw-v1/test", "\n\n", 512, 512, "float32", max_tokens=512 * args.windows)
     kept = distillation.default_kept_layers(len(decoder_layers(teacher)))
     student = distillation.init_student(teacher, kept)

@@ -19,6 +19,7 @@ from llmopt_assets.measure.corpus import (  # noqa: E402
     WIKITEXT2_VALID,
     calibration_windows,
     corpus_text,
+    file_text,
     tokenize_stream,
 )
 from llmopt_assets.measure.hardware import peak_rss_mb  # noqa: E402
@@ -37,7 +38,7 @@ def main() -> None:
     model, tokenizer = load_source(load_registry()["smollm2-135m"])
     test_ids = tokenize_stream(tokenizer, corpus_text(WIKITEXT2_RAW_TEST))
     calibration = calibration_windows(
-        tokenize_stream(tokenizer, corpus_text(WIKITEXT2_VALID, "")), args.samples, args.length, seed=0
+        tokenize_stream(tokenizer, file_text(WIKITEXT2_VALID)), args.samples, args.length, seed=0
     )
     protocol = PerplexityProtocol("wikitext-2-raw-v1/test", "\n\n", 512, 512, "float32", max_tokens=512 * args.windows)
     magnitude = copy.deepcopy(model)

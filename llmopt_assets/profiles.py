@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 @dataclass(frozen=True)
 class EvaluationProfile:
     name: str
-    max_length: int | None  # None: min(model context, 2048), the SparseGPT / GPTQ protocol
+    max_length: int | None  # None: min(model context, 2048), the window of the paper's HF evaluation
     max_tokens: int | None  # perplexity token budget; None: the whole test split
     warmup: int
     repetitions: int

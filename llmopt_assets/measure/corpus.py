@@ -8,7 +8,7 @@ from transformers import PreTrainedTokenizerBase
 from llmopt_assets.paths import DATA_DIR
 
 
-# WikiText-2 raw test, the canonical file; its lines are the HF dataset's rows.
+# WikiText-2 raw test, the canonical file; `hf_rows` turns its lines into the HF dataset's rows.
 WIKITEXT2_RAW_TEST = DATA_DIR / "wikitext-2-raw" / "wiki.test.raw"
 # The tokenized WikiText-2 valid split: held apart for calibration and distillation, never
 # evaluated on.
@@ -18,14 +18,36 @@ CORPORA = {"wikitext2": WIKITEXT2_RAW_TEST}
 EVAL_JOINER = "\n\n"
 
 
-def corpus_text(path: Path, joiner: str = EVAL_JOINER) -> str:
-    """The rows of a text file (each keeping its newline, like the HF dataset), joined."""
+def hf_rows(path: Path) -> list[str]:
+    """The rows of a WikiText file exactly as the HF `wikitext-*-raw-v1` splits hold them.
+
+    The HF builder reads the file line by line (text mode, so only "\\n" ends a row and each
+    row keeps it) and stores a whitespace-only line as the empty string "": the file's " \\n"
+    spacer lines become "". (`str.splitlines` would also split on \\x0b, \\x1c, U+2028, ...)
+    """
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    text = joiner.join(rows)
+    with path.open(encoding="utf-8") as lines:
+        return [line if line.strip() else "" for line in lines]
+
+
+def corpus_text(path: Path, joiner: str = EVAL_JOINER) -> str:
+    """The HF rows of a text file joined with `joiner` ("\\n\\n": the HF perplexity guide's
+    `"\\n\\n".join(test["text"])`, which is what the paper's evaluation tokenizes)."""
+    text = joiner.join(hf_rows(path))
     if not text.strip():
         raise ValueError(f"corpus {path} is empty: no text to evaluate on")
+    return text
+
+
+def file_text(path: Path) -> str:
+    """A file's text as one stream, byte for byte (the calibration text: SparseGPT's reference
+    tokenizes its calibration split this way)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"corpus {path} is empty: no text to calibrate on")
     return text
 
 

@@ -1,10 +1,12 @@
-"""Token-level perplexity over a corpus in windows (the protocol of GPTQ / SparseGPT / HF guide).
+"""Token-level perplexity over a corpus in windows: the HF "perplexity of fixed-length models"
+guide's loop.
 
 The corpus is one token stream. Window k covers tokens [k·stride, k·stride + max_length) and
 scores the tokens the previous window did not reach, each predicted from the context inside its
 own window. A window's first token has no context in it and is not scored, so non-overlapping
 windows (stride == max_length) score max_length − 1 tokens each, exactly as the HF guide's loop
-does. Perplexity = exp(Σ NLL / scored tokens), accumulated in fp64 from
+does, and the partial last window is scored too. (GPTQ / SparseGPT's evaluation differs: it
+drops the partial last window and divides by max_length per window instead of max_length − 1.) Perplexity = exp(Σ NLL / scored tokens), accumulated in fp64 from
 fp32 log-probabilities whatever the compute dtype.
 
 Speed and memory: the language-model head is applied in chunks, and only to positions that are

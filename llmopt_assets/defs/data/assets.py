@@ -13,6 +13,7 @@ from llmopt_assets.measure.corpus import (
     WIKITEXT2_RAW_TEST,
     WIKITEXT2_VALID,
     corpus_text,
+    file_text,
     save_tokens,
     tokenize_stream,
 )
@@ -20,24 +21,28 @@ from llmopt_assets.measure.corpus import (
 
 
 def _tokenize_to_store(
-    context: dg.AssetExecutionContext, model_store: ModelStoreResource, source: Path, corpus: str, joiner: str
+    context: dg.AssetExecutionContext,
+    model_store: ModelStoreResource,
+    source: Path,
+    corpus: str,
+    text: str,
+    joiner: str,
 ) -> dg.MaterializeResult:
     store = model_store.store()
     slug = context.partition_key
     tokenizer_dir = store.root / store.manifest(slug, "base").weights_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    text = corpus_text(source, joiner)
     stream = tokenize_stream(tokenizer, text)
     path = store.corpus_path(slug, corpus)
     text_sha = hashlib.sha256(text.encode()).hexdigest()
-    save_tokens(path, stream, {"source": source.name, "joiner": repr(joiner), "text_sha256": text_sha})
+    save_tokens(path, stream, {"source": source.name, "joiner": joiner, "text_sha256": text_sha})
     return dg.MaterializeResult(
         metadata={
             "tokens": dg.MetadataValue.int(len(stream)),
             "characters": dg.MetadataValue.int(len(text)),
             "source": dg.MetadataValue.path(str(source)),
             "text_sha256": text_sha,
-            "joiner": repr(joiner),
+            "joiner": joiner,
             "path": dg.MetadataValue.path(str(path)),
         },
         data_version=dg.DataVersion(text_sha[:16]),
@@ -51,9 +56,12 @@ def _tokenize_to_store(
     kinds={"safetensors"},
 )
 def eval_corpus(context: dg.AssetExecutionContext, model_store: ModelStoreResource) -> dg.MaterializeResult:
-    """WikiText-2 raw test split, rows joined with "\\n\\n", tokenized with the model's tokenizer
+    """WikiText-2 raw test split, its rows as the HF dataset holds them (whitespace-only rows
+    empty) joined with "\\n\\n", tokenized with the model's tokenizer
     into one stream (the perplexity protocol's corpus)."""
-    return _tokenize_to_store(context, model_store, WIKITEXT2_RAW_TEST, "eval", EVAL_JOINER)
+    return _tokenize_to_store(
+        context, model_store, WIKITEXT2_RAW_TEST, "eval", corpus_text(WIKITEXT2_RAW_TEST), repr(EVAL_JOINER)
+    )
 
 
 @dg.asset(
@@ -67,4 +75,6 @@ def calibration_corpus(
 ) -> dg.MaterializeResult:
     """WikiText-2 valid split, held apart from evaluation: calibration for head pruning and
     SparseGPT, training text for distillation."""
-    return _tokenize_to_store(context, model_store, WIKITEXT2_VALID, "calibration", "")
+    return _tokenize_to_store(
+        context, model_store, WIKITEXT2_VALID, "calibration", file_text(WIKITEXT2_VALID), "none (the file as one stream)"
+    )
