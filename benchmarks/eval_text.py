@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=2048)
     args = parser.parse_args()
     model, tokenizer = load_source(load_registry()[args.model])
-    model = model.float().eval()
+    model.eval()
     ids = tokenize_stream(tokenizer, corpus_text(WIKITEXT2_RAW_TEST))
     protocol = PerplexityProtocol("wikitext-2-raw-v1/test", "\n\n", args.max_length, args.max_length, "float32")
     result = evaluate_perplexity(model, ids, protocol)

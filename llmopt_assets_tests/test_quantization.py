@@ -1,3 +1,8 @@
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnb_functional
 import pytest
@@ -288,3 +293,19 @@ def test_report_and_config_record_the_same_settings() -> None:
     assert int8.load_in_8bit and int8.llm_int8_threshold == 6.0
     assert not int8.llm_int8_has_fp16_weight
     assert int8.llm_int8_skip_modules == ["lm_head"]
+
+
+def test_offline_hub_kernel_notice_is_recorded_not_logged() -> None:
+    # A fresh process: bitsandbytes logs the notice once, when it is first imported.
+    code = (
+        "import logging; logging.basicConfig(level=logging.WARNING)\n"
+        "from llmopt_assets.techniques import quantization as q\n"
+        "print('reason:', q._HubKernelNotice.reason)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr
+    has_avx512_bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    kernel_importable = importlib.util.find_spec("kernels") is not None
+    if has_avx512_bf16 and not kernel_importable:
+        assert "reason: No module named 'kernels'" in done.stdout

@@ -4,9 +4,10 @@ from llmopt_assets.models.registry import ModelSpec, load_registry, parse_regist
 from llmopt_assets.models.sources import embedded_gguf, load_source
 from llmopt_assets.techniques.recipe import RecipeError, parse, technique_keys
 
+# The paper's Table 1 with its "4-bit" as FP4 (load_in_4bit=True's default), and again as NF4.
 PAPER_TABLE_1 = [
-    "kd+ah90", "kd+ah80", "kd+int8", "kd+nf4", "int8+ah90", "int8+ah80", "nf4+ah90", "nf4+ah80",
-    "kd+int8+ah90", "kd+int8+ah80", "kd+nf4+ah90", "kd+nf4+ah80",
+    "kd+ah90", "kd+ah80", "kd+int8", "kd+fp4", "int8+ah90", "int8+ah80", "fp4+ah90", "fp4+ah80",
+    "kd+int8+ah90", "kd+int8+ah80", "kd+fp4+ah90", "kd+fp4+ah80",
 ]
 
 
@@ -50,8 +51,9 @@ def test_embedded_gguf_is_found_without_importing_the_package() -> None:
 def test_technique_list_contains_the_paper_grid() -> None:
     keys = technique_keys()
     assert len(keys) == len(set(keys))
-    for key in ["base", "int8", "nf4", "kd", "ah90", "ah80", "sparsegpt-2:4", *PAPER_TABLE_1]:
+    for key in ["base", "int8", "fp4", "kd", "ah90", "ah80", "sparsegpt-2:4", *PAPER_TABLE_1]:
         assert key in keys
+        assert key.replace("fp4", "nf4") in keys
     assert all(parse(k).key == k for k in keys)  # the generated keys are canonical
 
 
@@ -60,7 +62,7 @@ def test_steps_apply_in_a_fixed_order_whatever_the_key_order() -> None:
     assert recipe.key == "kd+nf4+ah80"
     assert [s["step"] for s in recipe.steps] == ["distill", "prune-heads", "quantize"]
     assert recipe.parent_key == "kd"
-    assert parse("4bit").key == "nf4"
+    assert parse("4bit").key == "fp4"  # the paper's "4-bit": bitsandbytes' default code
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,33 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import bitsandbytes as bnb
 import torch
 from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
+
+
+class _HubKernelNotice(logging.Filter):
+    """Catches bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community".
+
+    On CPUs with AVX512-BF16, importing bitsandbytes tries to download a fused 4-bit GEMM from the
+    Hugging Face hub (the `kernels` package, repo kernels-community/quantization-bitsandbytes).
+    Offline that cannot work (no hub; `kernels` would only try the same download), so bitsandbytes
+    falls back to the fused bf16 4-bit kernel it ships: the cost is speed only, on that one path,
+    and every number here was measured on the shipped kernel. The warning is dropped and its
+    reason recorded in each 4-bit report instead (`cpu_hub_gemm_4bit`)."""
+
+    reason: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "gemm_4bit_forward" in str(record.msg):
+            _HubKernelNotice.reason = str(record.args[0]) if record.args else record.getMessage()
+            return False
+        return True
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
+import bitsandbytes as bnb  # noqa: E402  (after the filter: the notice is logged at import)
 
 SCHEMES = ("int8", "nf4", "fp4")
 QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
@@ -155,6 +177,10 @@ def quantize(
             "cpu_fused_bf16_modules": sum(
                 _uses_cpu_fused_4bit(module) for module in modules.values()
             ) if device.type == "cpu" else 0,
+            "cpu_hub_gemm_4bit": (
+                f"not loaded ({_HubKernelNotice.reason}): bitsandbytes' shipped fused kernel ran"
+                if _HubKernelNotice.reason else "no failure logged (loaded, or not tried: no AVX512-BF16)"
+            ),
             "block_straddling_modules": sum(
                 isinstance(module, BlockStraddlingLinear4bit) for module in modules.values()
             ),

@@ -24,14 +24,16 @@ PRUNE_WEIGHTS = {
 }
 QUANTIZE = {
     "int8": {"step": "quantize", "scheme": "int8"},  # bitsandbytes LLM.int8
-    "nf4": {"step": "quantize", "scheme": "nf4"},  # the paper's "4-bit"
+    # The paper's "4-bit" is bitsandbytes through HF with load_in_4bit=True and nothing else:
+    # the library default, FP4 codes with fp32 compute. NF4 (QLoRA's code) is run beside it.
     "fp4": {"step": "quantize", "scheme": "fp4"},
+    "nf4": {"step": "quantize", "scheme": "nf4"},
 }
 # Families in application order; key order when written: kd, quantization, pruning (as the
 # paper writes "Knowledge Distilled, 8-Bit, 90% AH").
 FAMILIES = {"distill": DISTILL, "prune-heads": PRUNE_HEADS, "prune-weights": PRUNE_WEIGHTS, "quantize": QUANTIZE}
 KEY_ORDER = ("distill", "quantize", "prune-heads", "prune-weights")
-ALIASES = {"4bit": "nf4", "8bit": "int8"}
+ALIASES = {"4bit": "fp4", "8bit": "int8"}  # the paper's names; "4bit" is its FP4 (see QUANTIZE)
 BASE = "base"
 
 
@@ -73,7 +75,7 @@ def _family_of(part: str) -> str:
     raise RecipeError(
         f"unknown technique {part!r}. Valid keys: {', '.join(technique_keys())}; "
         "combine one per family with '+': distillation (kd, kd-rkl), quantization "
-        "(int8, nf4, fp4), head pruning (ah90, ah80), weight pruning "
+        "(int8, fp4, nf4), head pruning (ah90, ah80), weight pruning "
         "(sparsegpt-2:4, sparsegpt-50, magnitude-2:4)"
     )
 
@@ -108,13 +110,14 @@ def _join(*parts: str | None) -> str:
 
 
 def technique_keys() -> list[str]:
-    """Every technique partition: the paper's grid (Table 1 and the standalone rows), SparseGPT
-    with each quantization, and the single-technique extensions (unstructured SparseGPT,
-    magnitude 2:4 baseline, FP4, reverse-KL distillation)."""
+    """Every technique partition: the paper's grid (Table 1 and the standalone rows) with its
+    "4-bit" as FP4 and again as NF4, SparseGPT with each quantization, and the single-technique
+    extensions (unstructured SparseGPT, magnitude 2:4 baseline, reverse-KL distillation)."""
+    quantizations = (None, "int8", "fp4", "nf4")  # the paper's 8-bit and 4-bit (FP4, and NF4)
     paper_grid = [
         _join(kd, quant, heads)
-        for kd, quant, heads in itertools.product((None, "kd"), (None, "int8", "nf4"), (None, "ah90", "ah80"))
+        for kd, quant, heads in itertools.product((None, "kd"), quantizations, (None, *PRUNE_HEADS))
     ]
-    sparse_grid = [_join(quant, "sparsegpt-2:4") for quant in (None, "int8", "nf4")]
-    extensions = ["magnitude-2:4", "sparsegpt-50", "fp4", "kd-rkl"]
+    sparse_grid = [_join(quant, "sparsegpt-2:4") for quant in quantizations]
+    extensions = ["magnitude-2:4", "sparsegpt-50", "kd-rkl"]
     return paper_grid + sparse_grid + extensions
