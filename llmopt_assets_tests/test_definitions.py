@@ -26,7 +26,7 @@ def test_asset_graph_snapshot() -> None:
 
 def test_jobs_checks_sensor_and_schedule_are_defined() -> None:
     definitions = defs()
-    assert {job.name for job in definitions.jobs} >= {"prepare_models_job", "variants_job", "scoring_job"}
+    assert {job.name for job in definitions.jobs} >= {"prepare_models_job", "students_job", "variants_job", "scoring_job"}
     checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
     assert checks == {"heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_finite"}
     assert [s.name for s in definitions.sensors] == ["model_registry_sensor"]

@@ -25,7 +25,7 @@ from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
 MODEL = "tiny-llama"
 TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4"]
-PREPARE = [base_model, eval_corpus, calibration_corpus, distilled_student]
+PREPARE = [base_model, eval_corpus, calibration_corpus]
 VARIANT = [compressed_variant, perplexity_run]
 SCORING = [measurements, opt_scores, trade_off_charts]
 
@@ -57,6 +57,11 @@ def project(tmp_path_factory) -> dict:
     instance.add_dynamic_partitions("model", [MODEL])
     prepared = dg.materialize(PREPARE, partition_key=MODEL, resources=resources, instance=instance)
     assert prepared.success
+    for distillation in ("kd", "kd-rkl"):
+        student = dg.MultiPartitionKey({"model": MODEL, "distillation": distillation})
+        trained = dg.materialize([*PREPARE, distilled_student], partition_key=student, resources=resources,
+                                 instance=instance, selection=[distilled_student])
+        assert trained.success
     results = {}
     for technique in TECHNIQUES:
         key = dg.MultiPartitionKey({"model": MODEL, "technique": technique})

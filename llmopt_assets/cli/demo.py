@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     demo_started = time.perf_counter()
     if not run("prepare_models_job", args.model):
         return 1
+    # Students only for the distilled techniques asked for (kd, kd-rkl).
+    for distillation in sorted({parse(t).parent_key for t in techniques} - {"base"}):
+        if not run("students_job", dg.MultiPartitionKey({"model": args.model, "distillation": distillation})):
+            return 1
     failed = [
         t
         for t in techniques

@@ -4,20 +4,24 @@ from pathlib import Path
 
 import dagster as dg
 
-from llmopt_assets.defs.partitions import model_partitions, variant_partitions
+from llmopt_assets.defs.partitions import model_partitions, student_partitions, variant_partitions
 from llmopt_assets.models.registry import load_registry
 from llmopt_assets.paths import DEFAULT_REGISTRY
 
 prepare_models_job = dg.define_asset_job(
     "prepare_models_job",
-    selection=["base_model", "eval_corpus", "calibration_corpus", "distilled_student"],
-    partitions_def=model_partitions,
-    description="Per model: base weights into the store, tokenized corpora, the distilled student.",
+    selection=["base_model", "eval_corpus", "calibration_corpus"],
+    description="Per model: base weights into the store, tokenized corpora.",
+)
+students_job = dg.define_asset_job(
+    "students_job",
+    selection=["distilled_student"],
+    description="Per model × distillation recipe (kd, kd-rkl): the student the kd* variants start "
+    "from. Only needed for those variants.",
 )
 variants_job = dg.define_asset_job(
     "variants_job",
     selection=["compressed_variant", "perplexity_run"],
-    partitions_def=variant_partitions,
     description="Per model × technique: build the variant, then measure it.",
 )
 scoring_job = dg.define_asset_job(
@@ -33,7 +37,6 @@ rebenchmark_schedule = dg.ScheduleDefinition(
     description="Re-gather and re-score measurements weekly (full re-benchmarking arrives with "
     "the orchestration work: code/data versions decide what is stale).",
 )
-
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def model_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:

@@ -121,3 +121,11 @@ def technique_keys() -> list[str]:
     sparse_grid = [_join(quant, "sparsegpt-2:4") for quant in quantizations]
     extensions = ["magnitude-2:4", "sparsegpt-50", "kd-rkl"]
     return paper_grid + sparse_grid + extensions
+
+
+def techniques_distilled_with(distillation: str) -> list[str]:
+    """The technique partitions whose weights start from this distillation's student
+    ('kd' -> kd, kd+int8, kd+ah90, ...): the only variants a retrained student makes stale."""
+    if distillation not in DISTILL:
+        raise RecipeError(f"unknown distillation {distillation!r}; valid: {', '.join(DISTILL)}")
+    return [key for key in technique_keys() if parse(key).parent_key == distillation]

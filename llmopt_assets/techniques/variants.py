@@ -15,7 +15,7 @@ from llmopt_assets.models.registry import ModelSpec
 from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.profiles import EvaluationProfile
 from llmopt_assets.techniques import distillation, head_pruning, quantization, sparsegpt
-from llmopt_assets.techniques.recipe import BASE, Recipe
+from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe
 
 CALIBRATION_SEED = 0
 DISTILLATION_PRESETS = {
@@ -146,21 +146,24 @@ def build_student(
 def train_student(
     store: ModelStore,
     slug: str,
-    divergence: str,
+    distillation: str,
     profile: EvaluationProfile,
     spec: ModelSpec,
     log: Callable[[str], None] = print,
     device: str = "cpu",
 ) -> Manifest:
-    """Distil the stored base model into a student, stored as the 'kd' (or 'kd-rkl') artifact."""
-    key = "kd" if divergence == "forward" else "kd-rkl"
+    """Distil the stored base model into the student of a distillation recipe ('kd': forward KL,
+    'kd-rkl': reverse KL), stored as the artifact of that name."""
+    if distillation not in DISTILL:
+        raise ValueError(f"unknown distillation {distillation!r}; valid: {', '.join(DISTILL)}")
+    divergence = DISTILL[distillation]["divergence"]
     teacher_manifest = store.manifest(slug, BASE)
     teacher, tokenizer = store.load(teacher_manifest, device=device)
     stream = load_tokens(store.corpus_path(slug, "calibration"))
     student, details = build_student(teacher, stream, profile, divergence, spec, log=log)
     return store.write_weights(
-        slug, key, student, tokenizer,
-        recipe=[{"step": "distill", "key": key, "divergence": divergence}],
+        slug, distillation, student, tokenizer,
+        recipe=[{"step": "distill", "key": distillation, "divergence": divergence}],
         parent_fingerprint=teacher_manifest.fingerprint,
         details=details,
     )
@@ -180,20 +183,17 @@ def materialize_variant(
     slug: str,
     recipe: Recipe,
     profile: EvaluationProfile,
-    spec: ModelSpec,
     log: Callable[[str], None] = print,
     device: str = "cpu",
 ) -> tuple[Manifest, dict]:
     """The variant's artifact and what its steps did. Pruned weights are stored under the
     technique without quantization (so nf4+ah80 and int8+ah80 share the ah80 weights) and
     computed once; quantization is recorded, with the report of a trial quantization."""
-    if recipe.parent_key == "kd-rkl":
-        # The reverse-KL student serves only this technique: trained here, when missing or
-        # when the base weights it was distilled from have changed.
-        base = store.manifest(slug, BASE)
-        student = [{"step": "distill", "key": "kd-rkl", "divergence": "reverse"}]
-        if _stored_weights(store, slug, "kd-rkl", base, student) is None:
-            train_student(store, slug, "reverse", profile, spec, log, device)
+    if recipe.parent_key in DISTILL and not store.exists(slug, recipe.parent_key):
+        raise FileNotFoundError(
+            f"{recipe.key} starts from the {recipe.parent_key!r} student of {slug!r}, which is not in "
+            f"the store: materialize distilled_student[{recipe.parent_key}|{slug}] first"
+        )
     parent = store.manifest(slug, recipe.parent_key)
     steps = weights_recipe(recipe, profile)
     prunes = recipe.step("prune-heads") or recipe.step("prune-weights")

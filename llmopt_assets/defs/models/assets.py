@@ -2,7 +2,15 @@
 
 import dagster as dg
 
-from llmopt_assets.defs.partitions import model_of_variant, model_partitions, variant_key, variant_partitions
+from llmopt_assets.defs.partitions import (
+    model_of_variant,
+    model_partitions,
+    student_key,
+    student_of_variant,
+    student_partitions,
+    variant_key,
+    variant_partitions,
+)
 from llmopt_assets.defs.resources import (
     ComputeResource,
     EvaluationProfileResource,
@@ -53,10 +61,14 @@ def base_model(
 
 
 @dg.asset(
-    partitions_def=model_partitions,
-    deps=["base_model", "calibration_corpus"],
+    partitions_def=student_partitions,
+    deps=[
+        dg.AssetDep("base_model", partition_mapping=model_of_variant),
+        dg.AssetDep("calibration_corpus", partition_mapping=model_of_variant),
+    ],
     group_name="models",
     kinds={"pytorch", "safetensors"},
+    pool="cpu",
 )
 def distilled_student(
     context: dg.AssetExecutionContext,
@@ -65,22 +77,21 @@ def distilled_student(
     profile: EvaluationProfileResource,
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
-    """A student with half the teacher's layers, trained on the teacher's soft labels (forward KL
-    with temperature, DistilGPT2 recipe) on the held-apart WikiText-2 valid split; or the
-    registry's published student (gpt2 -> distilgpt2) for paper parity."""
+    """A student per distillation recipe: half the teacher's layers trained on its soft labels on
+    the held-apart WikiText-2 valid split, with forward KL and temperature (`kd`, the DistilGPT2
+    recipe) or reverse KL (`kd-rkl`, MiniLLM-style); or the registry's published student
+    (gpt2 -> distilgpt2) for `kd`, for paper parity. Only the kd* variants depend on it."""
     compute.apply_threads()
-    slug = context.partition_key
+    slug, distillation = student_key(context)
     manifest = train_student(
-        model_store.store(), slug, "forward", profile.get(), registry.spec(slug), context.log.info,
+        model_store.store(), slug, distillation, profile.get(), registry.spec(slug), context.log.info,
         device=compute.resolved_device(),
     )
     details = manifest.details
+    # A published student has no training loss of ours: the entry is left out, not 0.
+    loss = {"final_loss": dg.MetadataValue.float(details["final_loss"])} if "final_loss" in details else {}
     return dg.MaterializeResult(
-        metadata={
-            **manifest_metadata(manifest),
-            "final_loss": dg.MetadataValue.float(float(details.get("final_loss", float("nan")))),
-            "distillation": dg.MetadataValue.json(details),
-        },
+        metadata={**manifest_metadata(manifest), **loss, "distillation": dg.MetadataValue.json(details)},
         data_version=dg.DataVersion(manifest.fingerprint[:16]),
     )
 
@@ -96,7 +107,7 @@ VARIANT_CHECKS = [
     partitions_def=variant_partitions,
     deps=[
         dg.AssetDep("base_model", partition_mapping=model_of_variant),
-        dg.AssetDep("distilled_student", partition_mapping=model_of_variant),
+        dg.AssetDep("distilled_student", partition_mapping=student_of_variant),
         dg.AssetDep("calibration_corpus", partition_mapping=model_of_variant),
     ],
     check_specs=VARIANT_CHECKS,
@@ -109,7 +120,6 @@ def compressed_variant(
     model_store: ModelStoreResource,
     profile: EvaluationProfileResource,
     compute: ComputeResource,
-    registry: ModelRegistryResource,
 ):
     """The model after its technique's recipe, in a fixed order: distil (the student), prune
     (attention heads, then SparseGPT / magnitude weights), quantize (bitsandbytes, applied when the
@@ -119,7 +129,7 @@ def compressed_variant(
     recipe = parse(technique)
     store = model_store.store()
     manifest, details = materialize_variant(
-        store, slug, recipe, profile.get(), registry.spec(slug), context.log.info, compute.resolved_device()
+        store, slug, recipe, profile.get(), context.log.info, compute.resolved_device()
     )
     yield dg.MaterializeResult(
         metadata={**manifest_metadata(manifest), "details": dg.MetadataValue.json(details)},
