@@ -12,6 +12,7 @@ EXPECTED_DEPENDENCIES = {
     "measurements": {"perplexity_run"},
     "opt_scores": {"measurements"},
     "trade_off_charts": {"opt_scores"},
+    "decision_report": {"opt_scores", "measurements"},
 }
 
 

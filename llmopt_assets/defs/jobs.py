@@ -26,8 +26,8 @@ variants_job = dg.define_asset_job(
 )
 scoring_job = dg.define_asset_job(
     "scoring_job",
-    selection=["measurements", "opt_scores", "trade_off_charts"],
-    description="Gather every measurement, score the trade-offs, draw the charts.",
+    selection=["measurements", "opt_scores", "trade_off_charts", "decision_report"],
+    description="Gather every measurement, score the trade-offs, draw the charts, write the decision report.",
 )
 
 rebenchmark_schedule = dg.ScheduleDefinition(

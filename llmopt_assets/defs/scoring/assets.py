@@ -6,9 +6,9 @@ import dagster as dg
 import polars as pl
 
 from llmopt_assets.paths import REPORTS_DIR
-from llmopt_assets.scoring.charts import markdown_table, png_markdown, trade_off_chart
+from llmopt_assets.scoring.altair_charts import trade_off_chart
+from llmopt_assets.scoring.charts import markdown_table, png_markdown
 from llmopt_assets.scoring.table import opt_table
-
 
 
 @dg.asset(group_name="scoring", kinds={"polars"})
@@ -30,9 +30,10 @@ def opt_scores(context: dg.AssetExecutionContext, measurements: pl.DataFrame) ->
     return table
 
 
-@dg.asset(group_name="scoring", kinds={"matplotlib"})
+@dg.asset(group_name="scoring", kinds={"altair"})
 def trade_off_charts(context: dg.AssetExecutionContext, opt_scores: pl.DataFrame) -> dg.MaterializeResult:
-    """One PNG per model: opt per preset, and perplexity change against energy change (with CIs)."""
+    """One PNG per model: opt per preset (the paper's Figs 2-4, with the opt interval from the
+    Tc/Ec CIs), and quality change against energy change with CIs and the Pareto front."""
     charts: dict[str, Path] = {}
     for model in sorted(set(opt_scores["model"].to_list())):
         charts[model] = trade_off_chart(opt_scores, model, REPORTS_DIR / f"{model}-trade-offs.png")

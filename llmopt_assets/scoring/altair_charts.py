@@ -1,0 +1,172 @@
+"""Altair charts of the trade-offs, rendered offline with vl-convert: PNG for Dagster's metadata
+pop-up and the report (the UI renders no Vega), and a self-contained HTML (vega inlined, no CDN).
+
+- opt per technique per preset (the paper's Figs 2-4), with the propagated 95% interval;
+- quality change vs energy change with CIs and the Pareto front;
+- opt across models (the paper's Fig 5), measured rows beside published ones;
+- the spread of time and energy over repetitions (the paper never showed it).
+Text never sits on the plot area (technique names are axis bands or legend entries), so
+labels cannot overlap however close the points are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+import vl_convert as vlc
+
+from llmopt_assets.scoring.decision import ranks, pareto_front
+from llmopt_assets.scoring.opt import PRESETS
+
+# Fits the Dagster UI's metadata pop-up (about 900 px wide) without scrolling sideways.
+PANEL_WIDTH = 380
+BAR_STEP = 9  # px per preset bar
+OPT_TITLE = "opt = Pc^1.5·(α·Tc + β·Ec), log scale (lower is better; base = 1)"
+TECHNIQUE_COLORS = alt.Scale(scheme="tableau20")
+
+
+def _empty(message: str) -> alt.Chart:
+    return alt.Chart(pl.DataFrame({"text": [message]})).mark_text(size=14).encode(text="text:N").properties(
+        width=PANEL_WIDTH, height=60)
+
+
+def opt_by_preset(table: pl.DataFrame, model: str, subtitle: str = "") -> alt.Chart:
+    """Horizontal bars of opt for each preset, best technique (balanced) first, with the opt
+    interval propagated from the Tc/Ec CIs where the table has them."""
+    frames = [ranks(table.filter(pl.col("model") == model), p).with_columns(preset=pl.lit(p)) for p in PRESETS]
+    data = pl.concat(frames)
+    if data.height == 0:
+        return _empty(f"{model}: no opt scores")
+    order = ranks(table.filter(pl.col("model") == model), "balanced")["technique"].to_list()
+    order += sorted(set(data["technique"].to_list()) - set(order))
+    y = alt.Y("technique:N", sort=order, title=None, axis=alt.Axis(labelLimit=160))
+    base = alt.Chart(data)
+    # Bars grow from the base (opt = 1): left of the dashed line is better than not compressing.
+    bars = base.mark_bar().encode(
+        y=y, yOffset=alt.YOffset("preset:N", sort=list(PRESETS)),
+        x=alt.X("opt:Q", scale=alt.Scale(type="log", nice=False, padding=16), title=OPT_TITLE), x2=alt.X2(datum=1),
+        color=alt.Color("preset:N", sort=list(PRESETS), legend=alt.Legend(orient="bottom", title="preset")),
+        tooltip=["technique", "preset", alt.Tooltip("opt:Q", format=".3f"), alt.Tooltip("opt_low:Q", format=".3f"),
+                 alt.Tooltip("opt_high:Q", format=".3f")],
+    )
+    whiskers = base.transform_filter("isValid(datum.opt_low)").mark_rule(color="black").encode(
+        y=y, yOffset=alt.YOffset("preset:N", sort=list(PRESETS)), x="opt_low:Q", x2="opt_high:Q")
+    one = alt.Chart(pl.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 3], color="gray").encode(x="x:Q")
+    height = max(80, BAR_STEP * len(PRESETS) * len(order))
+    return (bars + whiskers + one).properties(
+        width=PANEL_WIDTH + 120, height=height,
+        title=alt.Title(f"{model}: opt per technique and preset", subtitle=subtitle or alt.Undefined))
+
+
+def quality_vs_energy(table: pl.DataFrame, model: str, subtitle: str = "") -> alt.Chart:
+    """Pc against Ec with the Ec 95% CI, technique by colour; filled marks are on the Pareto front
+    over every objective the table has, the line is the front of these two axes."""
+    rows = table.filter(pl.col("model") == model)
+    needed = {"pc", "ec"}
+    if not needed <= set(rows.columns) or rows.drop_nulls(list(needed)).height == 0:
+        return _empty(f"{model}: no quality and energy ratios")
+    rows = rows.drop_nulls(list(needed))
+    full = pareto_front(rows, model)
+    flat = pareto_front(rows, model, ("ec", "pc"))
+    for column in ("ec_ci95_low", "ec_ci95_high"):
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, pl.Float64).alias(column))
+    data = rows.select("technique", "pc", "ec", "ec_ci95_low", "ec_ci95_high").with_columns(
+        front=pl.col("technique").is_in(full.front).replace_strict(
+            {True: "on the Pareto front", False: "dominated"}))
+    objectives = ", ".join(full.objectives)
+    color = alt.Color("technique:N", scale=TECHNIQUE_COLORS, legend=alt.Legend(columns=2, symbolLimit=40))
+    x = alt.X("ec:Q", scale=alt.Scale(type="log", nice=False, padding=12), title="Ec = energy / base energy (95% CI)")
+    y = alt.Y("pc:Q", scale=alt.Scale(type="log", nice=False, padding=12),
+              title="Pc = quality ratio (1 = base; lower is better)")
+    base = alt.Chart(data)
+    points = base.mark_point(size=80, strokeWidth=2).encode(
+        x=x, y=y, color=color,
+        fill=alt.condition("datum.front == 'on the Pareto front'",
+                           alt.Fill("technique:N", scale=TECHNIQUE_COLORS, legend=None), alt.value("white")),
+        shape=alt.Shape("front:N", scale=alt.Scale(domain=["on the Pareto front", "dominated"],
+                                                   range=["square", "circle"]), legend=None),
+        tooltip=["technique", alt.Tooltip("pc:Q", format=".3f"), alt.Tooltip("ec:Q", format=".3f"), "front"],
+    )
+    whiskers = base.transform_filter("isValid(datum.ec_ci95_low)").mark_rule().encode(
+        x="ec_ci95_low:Q", x2="ec_ci95_high:Q", y="pc:Q", color=color)
+    front = alt.Chart(data.filter(pl.col("technique").is_in(flat.front)).sort("ec")).mark_line(
+        interpolate="step-after", color="gray", strokeDash=[2, 2]).encode(x="ec:Q", y="pc:Q")
+    key = f"filled squares: Pareto front over {objectives}; dotted: front of these two axes"
+    return (front + whiskers + points).properties(
+        width=PANEL_WIDTH, height=300,
+        title=alt.Title(f"{model}: quality vs energy", subtitle=[s for s in (subtitle, key) if s]))
+
+
+def across_models(table: pl.DataFrame, model_order: list[str] | None = None) -> alt.Chart:
+    """opt per technique across models, one panel per preset (the paper's Fig 5); a `source`
+    column ('measured' / 'published, ...') sets the mark shape so published rows stay apart."""
+    frame = table if "source" in table.columns else table.with_columns(source=pl.lit("measured"))
+    frames = []
+    for preset in PRESETS:
+        column = f"opt_{preset}"
+        if column in frame.columns:
+            frames.append(frame.select("model", "technique", "source", pl.col(column).alias("opt"))
+                          .with_columns(preset=pl.lit(preset)))
+    data = pl.concat(frames).drop_nulls("opt") if frames else pl.DataFrame()
+    if data.height == 0:
+        return _empty("no opt scores to compare across models")
+    order = model_order or list(dict.fromkeys(data["model"].to_list()))
+    x = alt.X("model:N", sort=order, title=None, axis=alt.Axis(labelAngle=-35, labelLimit=120))
+    y = alt.Y("opt:Q", scale=alt.Scale(type="log"), title="opt (log; lower is better)")
+    color = alt.Color("technique:N", scale=TECHNIQUE_COLORS, legend=alt.Legend(columns=2, symbolLimit=60))
+    base = alt.Chart(data)
+    lines = base.mark_line(opacity=0.5).encode(x=x, y=y, color=color, detail="source:N")
+    points = base.mark_point(size=50, filled=True).encode(
+        x=x, y=y, color=color, shape=alt.Shape("source:N", legend=alt.Legend(orient="bottom", labelLimit=400)),
+        tooltip=["model", "technique", "source", alt.Tooltip("opt:Q", format=".3f")])
+    width = max(90, min(200, 34 * len(order)))
+    return (lines + points).properties(width=width, height=220).facet(
+        column=alt.Column("preset:N", sort=list(PRESETS), title=None)).properties(
+        title="opt across models (one line per technique)")
+
+
+def repetition_spread(measurements: pl.DataFrame, model: str) -> alt.Chart:
+    """Box plots and every repetition of wall time and energy per technique: the spread the
+    paper's 30-run totals hide. Rows need model, technique, seconds and (optionally) joules."""
+    rows = measurements.filter(pl.col("model") == model)
+    metrics = [m for m in ("seconds", "joules") if m in rows.columns and rows[m].drop_nulls().len() > 0]
+    if rows.height == 0 or not metrics:
+        return _empty(f"{model}: no per-repetition rows")
+    data = pl.concat([
+        rows.select("technique", pl.col(m).cast(pl.Float64).alias("value")).drop_nulls()
+        .with_columns(metric=pl.lit({"seconds": "wall time (s)", "joules": "energy (J)"}[m]))
+        for m in metrics
+    ])
+    order = sorted(set(data["technique"].to_list()), key=lambda t: (t != "base", t))
+    y = alt.Y("technique:N", sort=order, title=None, axis=alt.Axis(labelLimit=160))
+    x = alt.X("value:Q", scale=alt.Scale(zero=False), title=None, axis=alt.Axis(tickCount=5, labelFlush=True))
+    base = alt.Chart()
+    box = base.mark_boxplot(extent="min-max", size=10, opacity=0.5).encode(x=x, y=y)
+    dots = base.mark_tick(color="black", thickness=1, size=10).encode(x=x, y=y)
+    per_panel = max(260, (PANEL_WIDTH * 2) // len(metrics) - 80)
+    return alt.layer(box, dots).properties(width=per_panel, height=max(60, 16 * len(order))).facet(
+        column=alt.Column("metric:N", title=None), data=data
+    ).resolve_scale(x="independent").properties(title=f"{model}: every repetition (ticks) and their spread")
+
+
+def trade_off_chart(table: pl.DataFrame, model: str, path: Path) -> Path:
+    """The two per-model charts stacked (the pop-up is narrower than it is tall) into one PNG."""
+    chart = alt.vconcat(opt_by_preset(table, model), quality_vs_energy(table, model)).resolve_scale(color="independent")
+    return to_png(chart, path)
+
+
+def to_png(chart: alt.TopLevelMixin, path: Path, scale: float = 1.0) -> Path:
+    """Render offline with vl-convert (no browser, no network)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(vlc.vegalite_to_png(chart.to_json(), scale=scale))
+    return path
+
+
+def to_html(chart: alt.TopLevelMixin, path: Path) -> Path:
+    """A standalone page with the vega libraries inlined by vl-convert (works offline)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(vlc.vegalite_to_html(chart.to_json(), bundle=True))
+    return path
