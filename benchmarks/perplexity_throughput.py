@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llmopt_assets.measure.corpus import WIKITEXT2_RAW_TEST, corpus_text, tokenize_stream  # noqa: E402
 from llmopt_assets.measure.hardware import peak_rss_mb  # noqa: E402
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity  # noqa: E402
+from llmopt_assets.measure.reference import reference_perplexity  # noqa: E402
 from llmopt_assets.models.registry import load_registry  # noqa: E402
 from llmopt_assets.models.sources import load_source  # noqa: E402
-from llmopt_assets_tests.references import reference_perplexity  # noqa: E402
 
 
 def load(tokens: int):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity, windows
-from llmopt_assets_tests.references import reference_perplexity
+from llmopt_assets.measure.reference import reference_perplexity
 from llmopt_assets_tests.tiny_models import random_token_ids, tiny_model
 
 

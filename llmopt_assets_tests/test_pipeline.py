@@ -166,3 +166,17 @@ def test_registry_sensor_adds_every_listed_model() -> None:
     instance.add_dynamic_partitions("model", sorted(requested))
     again = model_registry_sensor(dg.build_sensor_context(instance=instance))
     assert again.dynamic_partitions_requests == []
+
+
+def test_the_energy_meter_is_closed_even_when_a_repetition_fails(project: dict, monkeypatch) -> None:
+    import llmopt_assets.measure.runs as runs
+    from llmopt_assets.measure.energy.cpu_time import CpuTimeMeter
+
+    closed = []
+    monkeypatch.setattr(CpuTimeMeter, "close", lambda self: closed.append(self), raising=False)
+    monkeypatch.setattr(runs, "evaluate_perplexity", lambda *args, **kwargs: 1 / 0)
+    key = dg.MultiPartitionKey({"model": MODEL, "technique": "base"})
+    result = dg.materialize([compressed_variant, perplexity_run], partition_key=key, resources=project["resources"],
+                            instance=project["instance"], selection=[perplexity_run], raise_on_error=False)
+    assert not result.success
+    assert len(closed) == 1

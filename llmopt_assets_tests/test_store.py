@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from llmopt_assets.models.store import CorruptArtifactError, ModelStore
+from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets_tests.tiny_models import random_token_ids, tiny_model, tiny_tokenizer
 
 
@@ -23,7 +24,7 @@ def test_round_trip_gives_the_same_logits(store: ModelStore, arch: str) -> None:
     manifest = store.write_weights(
         "tiny", "base", model, tiny_tokenizer(), recipe=[{"step": "load"}], parent_fingerprint=None
     )
-    loaded, tokenizer = store.load(manifest)
+    loaded, tokenizer = load_variant(store, manifest)
     ids = random_token_ids(1, 20)
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, loaded(ids).logits, atol=1e-6)
@@ -58,7 +59,7 @@ def test_corrupt_weights_are_detected(store: ModelStore) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptArtifactError, match="do not match their manifest"):
-        store.load(manifest)
+        load_variant(store, manifest)
 
 
 def test_truncated_weights_cannot_load_even_unverified(store: ModelStore) -> None:
@@ -66,7 +67,7 @@ def test_truncated_weights_cannot_load_even_unverified(store: ModelStore) -> Non
     path = store.artifact_dir("tiny", "base") / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CorruptArtifactError):
-        store.load(manifest, verify=False)
+        load_variant(store, manifest, verify=False)
 
 
 def test_failed_write_leaves_nothing_half_written(store: ModelStore) -> None:

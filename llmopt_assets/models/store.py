@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MANIFEST = "manifest.json"
 
@@ -179,7 +178,7 @@ class ModelStore:
 
     def verify(self, manifest: Manifest) -> None:
         """Raise CorruptArtifactError unless the weights are the ones the manifest names."""
-        directory = self.root / manifest.weights_dir
+        directory = self.weights_path(manifest)
         if not directory.is_dir():
             raise CorruptArtifactError(f"weights directory {directory} is missing")
         # A derived artifact's weights are named by the manifest of the directory holding them.
@@ -197,43 +196,13 @@ class ModelStore:
             except (OSError, SafetensorError) as error:
                 raise CorruptArtifactError(f"cannot read {path}: {error}") from error
 
+    def weights_path(self, manifest: Manifest) -> Path:
+        """The directory holding the artifact's weights (its parent's, for a derived artifact).
+        Loading them as a model is the techniques' business (techniques.loading.load_variant)."""
+        return self.root / manifest.weights_dir
+
     def manifest_at(self, directory: Path) -> Manifest:
         path = directory / MANIFEST
         if not path.is_file():
             raise CorruptArtifactError(f"{directory} has no {MANIFEST}")
         return Manifest(**json.loads(path.read_text()))
-
-    def load(
-        self,
-        manifest: Manifest,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: str = "cpu",
-        attn_implementation: str = "sdpa",
-        verify: bool = True,
-        quantize: bool = True,
-    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """The artifact as a ready model: weights checked, heads restored, quantized if asked."""
-        # Imported here: techniques depend on the store's callers, not the other way round.
-        from llmopt_assets.techniques import head_pruning, quantization
-
-        if verify:
-            self.verify(manifest)
-        directory = self.root / manifest.weights_dir
-        if head_pruning.read_head_spec(directory) is not None:
-            model = head_pruning.load_head_pruned(
-                directory, dtype=dtype, attn_implementation=attn_implementation
-            )
-        else:
-            try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    directory, dtype=dtype, attn_implementation=attn_implementation
-                )
-            except (OSError, SafetensorError) as error:
-                raise CorruptArtifactError(f"cannot load weights from {directory}: {error}") from error
-        model = model.to(device).eval()
-        scheme = manifest.load.get("quantization")
-        if scheme and quantize:
-            quantization.quantize(model, scheme, compute_dtype=dtype, device=device)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        return model, tokenizer

@@ -15,6 +15,7 @@ from llmopt_assets.models.registry import ModelSpec
 from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.profiles import EvaluationProfile
 from llmopt_assets.techniques import distillation, head_pruning, quantization, sparsegpt
+from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe
 
 CALIBRATION_SEED = 0
@@ -158,7 +159,7 @@ def train_student(
         raise ValueError(f"unknown distillation {distillation!r}; valid: {', '.join(DISTILL)}")
     divergence = DISTILL[distillation]["divergence"]
     teacher_manifest = store.manifest(slug, BASE)
-    teacher, tokenizer = store.load(teacher_manifest, device=device)
+    teacher, tokenizer = load_variant(store, teacher_manifest, device=device)
     stream = load_tokens(store.corpus_path(slug, "calibration"))
     student, details = build_student(teacher, stream, profile, divergence, spec, log=log)
     return store.write_weights(
@@ -199,7 +200,7 @@ def materialize_variant(
     prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
     weights = parent if not prunes else _stored_weights(store, slug, recipe.weights_key, parent, steps)
     if weights is None:
-        model, tokenizer = store.load(parent)
+        model, tokenizer = load_variant(store, parent)
         outcome = prune(model, recipe, load_tokens(store.corpus_path(slug, "calibration")), profile, log)
         heads = outcome.heads
         weights = store.write_weights(
@@ -215,7 +216,7 @@ def materialize_variant(
     quant = recipe.step("quantize")
     if quant is None:
         return weights, details
-    model, _ = store.load(weights, verify=False)
+    model, _ = load_variant(store, weights, verify=False)
     quantizable = len(quantization.quantizable_linear_names(model))
     report = quantization.quantize(model, quant["scheme"], device=device)
     details["quantize"] = {

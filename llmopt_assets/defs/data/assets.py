@@ -30,7 +30,7 @@ def _tokenize_to_store(
 ) -> dg.MaterializeResult:
     store = model_store.store()
     slug = context.partition_key
-    tokenizer_dir = store.root / store.manifest(slug, "base").weights_dir
+    tokenizer_dir = store.weights_path(store.manifest(slug, "base"))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     stream = tokenize_stream(tokenizer, text)
     path = store.corpus_path(slug, corpus)

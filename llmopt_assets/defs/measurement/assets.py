@@ -19,6 +19,7 @@ from llmopt_assets.measure.perplexity import PerplexityProtocol
 from llmopt_assets.measure.repetitions import RepetitionError, RepetitionProtocol
 from llmopt_assets.measure.runs import measure_perplexity
 from llmopt_assets.models.architecture import context_length
+from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets.profiles import window_length
 
 
@@ -45,7 +46,7 @@ def perplexity_run(
     store = model_store.store()
     evaluation = profile.get()
     manifest = store.manifest(slug, technique)
-    model, _ = store.load(manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
+    model, _ = load_variant(store, manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
     length = window_length(evaluation, context_length(model))
     protocol = PerplexityProtocol(
         dataset="wikitext-2-raw-v1/test",
@@ -95,6 +96,8 @@ def perplexity_run(
             f"ones: {cause}.{hint} Earlier materializations are untouched.",
             metadata={"completed_repetitions": len(error.completed)},
         ) from error
+    finally:
+        meter.close()  # stops a tracker's threads and releases NVML, even after a failure
     table = pl.DataFrame(rows, infer_schema_length=None)
     perplexity = table["perplexity"][0]
     seconds = table["seconds"].to_list()

@@ -19,7 +19,7 @@ from llmopt_assets.defs.resources import (
 )
 from llmopt_assets.models.sources import load_source
 from llmopt_assets.models.store import Manifest
-from llmopt_assets.techniques import sparsegpt
+from llmopt_assets.techniques.checks import CheckOutcome, variant_checks
 from llmopt_assets.techniques.recipe import BASE, parse
 from llmopt_assets.techniques.variants import materialize_variant, train_student
 
@@ -135,55 +135,21 @@ def compressed_variant(
         metadata={**manifest_metadata(manifest), "details": dg.MetadataValue.json(details)},
         data_version=dg.DataVersion(manifest.fingerprint[:16]),
     )
-    yield from variant_checks(store, manifest, recipe, details)
+    for outcome in variant_checks(store, manifest, recipe, details):
+        yield check_result(outcome)
 
 
-def variant_checks(store, manifest: Manifest, recipe, details: dict):
-    heads = details.get("prune-heads")
-    if heads is None:
-        yield dg.AssetCheckResult(check_name="heads_really_removed", passed=True, metadata={"applies": False})
-    else:
-        drop = heads["parameters_before"] - heads["parameters_after"]
-        yield dg.AssetCheckResult(
-            check_name="heads_really_removed",
-            passed=heads["heads_removed"] > 0 and drop == heads["expected_parameter_drop"],
-            metadata={
-                "heads_removed": heads["heads_removed"],
-                "parameter_drop": drop,
-                "expected_parameter_drop": heads["expected_parameter_drop"],
-                "heads_per_layer_after": dg.MetadataValue.json(heads["heads_per_layer_after"]),
-            },
-        )
-    weights = recipe.step("prune-weights")
-    if weights is None or not weights["prune_n"]:
-        yield dg.AssetCheckResult(check_name="exact_n_m_sparsity", passed=True, metadata={"applies": False})
-    else:
-        model, _ = store.load(manifest, verify=False, quantize=False)
-        n, m = weights["prune_n"], weights["prune_m"]
-        # A group of m with fewer than n zeros breaks the pattern sparse kernels need; a group with
-        # more (weights that were already 0) does not, and is counted apart.
-        by_layer = sparsegpt.n_m_violations_by_layer(model, n, m)
-        extra = sum(sparsegpt.n_m_violations_by_layer(model, n, m, exact=True).values()) - sum(by_layer.values())
-        layers = sparsegpt.prunable_layers(model).values()
-        zeros = sum(int((layer.weight == 0).sum()) for layer in layers)
-        total = sum(layer.weight.numel() for layer in layers)
-        yield dg.AssetCheckResult(
-            check_name="exact_n_m_sparsity",
-            passed=bool(by_layer) and sum(by_layer.values()) == 0,
-            metadata={
-                "violating_groups": sum(by_layer.values()),
-                "groups_with_extra_zeros": extra,
-                "pruned_matrices": len(by_layer),
-                "sparsity": dg.MetadataValue.float(zeros / total),
-            },
-        )
-    quantized = details.get("quantize")
-    if quantized is None:
-        yield dg.AssetCheckResult(check_name="modules_really_quantized", passed=True, metadata={"applies": False})
-    else:
-        count, expected = quantized["bnb_modules_found"], quantized["quantizable_linear_layers"]
-        yield dg.AssetCheckResult(
-            check_name="modules_really_quantized",
-            passed=count > 0 and count == expected,
-            metadata={"quantized_modules": count, "quantizable_modules": expected, "scheme": quantized["scheme"]},
-        )
+def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
+    """A core check outcome as a Dagster check result, numbers as numbers, lists as JSON."""
+
+    def value(item: object) -> object:
+        if isinstance(item, (bool, str)):
+            return item
+        if isinstance(item, int):
+            return dg.MetadataValue.int(item)
+        if isinstance(item, float):
+            return dg.MetadataValue.float(item)
+        return dg.MetadataValue.json(item)
+
+    metadata = {name: value(item) for name, item in outcome.metadata.items()} if outcome.applies else {"applies": False}
+    return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed, metadata=metadata)

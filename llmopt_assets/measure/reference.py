@@ -1,4 +1,6 @@
-"""Slow, obvious reference implementations that tests and benchmarks compare the project against."""
+"""The slow, obvious perplexity loop (the HF guide's) that the windowed evaluator is tested
+against and the throughput benchmark compares with: kept in the package so benchmarks need no
+import from the test package."""
 
 import math
 
