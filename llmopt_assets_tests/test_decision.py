@@ -91,6 +91,10 @@ def test_caveats_for_estimated_energy_and_failed_control() -> None:
     # Older tables: the estimate is read from the energy method.
     old = table(row("base", 1, 1, 1, energy_method="estimate"), row("q", 1, 1.05, 0.5, energy_method="estimate"))
     assert any("estimated from CPU time" in n for n in recommend(old, "m", "balanced").caveats)
+    # issue 8's tables: control_failed is also true when no control ran; `control` tells them apart.
+    missing = table(row("base", 1, 1, 1, control="missing", control_failed=True))
+    assert recommend(missing, "m", "runtime").caveats == (
+        "no A/A control was run (base vs a copy of itself): the machine's noise is unchecked",)
     clean = table(row("base", 1, 1, 1, energy_informative=True, control_failed=False))
     assert recommend(clean, "m", "energy").caveats == ()
 

@@ -45,7 +45,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.mark.parametrize("name", ["opt", "quality", "across", "spread"])
+@pytest.mark.parametrize("name", ["opt", "quality", "across", "spread", "spread-paired"])
 def test_charts_render_to_png_offline(name: str, scores: pl.DataFrame, repetitions: pl.DataFrame,
                                       tmp_path: Path) -> None:
     chart = {
@@ -53,6 +53,12 @@ def test_charts_render_to_png_offline(name: str, scores: pl.DataFrame, repetitio
         "quality": lambda: charts.quality_vs_energy(scores, "m"),
         "across": lambda: charts.across_models(scores),
         "spread": lambda: charts.repetition_spread(repetitions, "m"),
+        # issue 8's paired rows: both arms per technique, perplexity rows left out.
+        "spread-paired": lambda: charts.repetition_spread(pl.concat([
+            repetitions.with_columns(measurement=pl.lit("comparison"), arm=pl.lit("variant")),
+            repetitions.with_columns(measurement=pl.lit("comparison"), arm=pl.lit("base"), seconds=pl.lit(2.0)),
+            repetitions.with_columns(measurement=pl.lit("perplexity"), arm=pl.lit(None, pl.String)),
+        ]), "m"),
     }[name]()
     width, height = png_size(charts.to_png(chart, tmp_path / f"{name}.png", scale=1.0))
     # Drawn, and narrow enough for Dagster's metadata pop-up.

@@ -130,24 +130,31 @@ def across_models(table: pl.DataFrame, model_order: list[str] | None = None) -> 
 
 def repetition_spread(measurements: pl.DataFrame, model: str) -> alt.Chart:
     """Box plots and every repetition of wall time and energy per technique: the spread the
-    paper's 30-run totals hide. Rows need model, technique, seconds and (optionally) joules."""
+    paper's 30-run totals hide. Rows need model, technique, seconds and (optionally) joules; the
+    paired comparisons' rows (an `arm` column: base / variant) show both arms of each technique."""
     rows = measurements.filter(pl.col("model") == model)
+    if "measurement" in rows.columns:
+        rows = rows.filter(pl.col("measurement") == "comparison")  # the timed and metered rows
+    arm = pl.col("arm") if "arm" in rows.columns else pl.lit("measured")
     metrics = [m for m in ("seconds", "joules") if m in rows.columns and rows[m].drop_nulls().len() > 0]
     if rows.height == 0 or not metrics:
         return _empty(f"{model}: no per-repetition rows")
     data = pl.concat([
-        rows.select("technique", pl.col(m).cast(pl.Float64).alias("value")).drop_nulls()
+        rows.select("technique", arm.alias("arm"), pl.col(m).cast(pl.Float64).alias("value")).drop_nulls()
         .with_columns(metric=pl.lit({"seconds": "wall time (s)", "joules": "energy (J)"}[m]))
         for m in metrics
     ])
     order = sorted(set(data["technique"].to_list()), key=lambda t: (t != "base", t))
+    arms = sorted(set(data["arm"].to_list()))
     y = alt.Y("technique:N", sort=order, title=None, axis=alt.Axis(labelLimit=160))
+    offset = alt.YOffset("arm:N", sort=arms)
     x = alt.X("value:Q", scale=alt.Scale(zero=False), title=None, axis=alt.Axis(tickCount=5, labelFlush=True))
+    color = alt.Color("arm:N", sort=arms, legend=alt.Legend(orient="bottom", title="arm") if len(arms) > 1 else None)
     base = alt.Chart()
-    box = base.mark_boxplot(extent="min-max", size=10, opacity=0.5).encode(x=x, y=y)
-    dots = base.mark_tick(color="black", thickness=1, size=10).encode(x=x, y=y)
+    box = base.mark_boxplot(extent="min-max", size=8, opacity=0.5).encode(x=x, y=y, yOffset=offset, color=color)
+    dots = base.mark_tick(color="black", thickness=1, size=8).encode(x=x, y=y, yOffset=offset)
     per_panel = max(260, (PANEL_WIDTH * 2) // len(metrics) - 80)
-    return alt.layer(box, dots).properties(width=per_panel, height=max(60, 16 * len(order))).facet(
+    return alt.layer(box, dots).properties(width=per_panel, height=max(60, 12 * len(arms) * len(order))).facet(
         column=alt.Column("metric:N", title=None), data=data
     ).resolve_scale(x="independent").properties(title=f"{model}: every repetition (ticks) and their spread")
 

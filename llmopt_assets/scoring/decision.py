@@ -115,9 +115,15 @@ def caveats(rows: Iterable[dict], preset: str) -> list[str]:
     """Plain statements of what a recommendation for `preset` rests on beyond clean measurements."""
     rows = list(rows)
     notes: list[str] = []
-    if any(bool(r.get("control_failed")) for r in rows):
+    # `control` ('passed' / 'failed' / 'missing') says more than `control_failed`, which is also
+    # true when no control was run; older tables have neither.
+    controls = {str(r["control"]) if r.get("control") is not None else
+                ("failed" if r.get("control_failed") else None) for r in rows}
+    if "failed" in controls:
         notes.append("the A/A control failed (base vs a copy of itself did not come out equal): "
                      "the machine was too noisy, time and energy differences may be noise")
+    elif "missing" in controls:
+        notes.append("no A/A control was run (base vs a copy of itself): the machine's noise is unchecked")
     _, beta = preset_weights(preset)
     if beta > 0 and any(energy_is_estimated(r) for r in rows):
         notes.append("energy is estimated from CPU time, not metered: Ec mirrors Tc"

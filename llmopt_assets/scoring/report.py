@@ -134,12 +134,14 @@ def _measured_table(table: pl.DataFrame, model: str) -> tuple[list[str], list[li
 
 def _method_footnote(table: pl.DataFrame, model: str) -> str:
     rows = table.filter(pl.col("model") == model).to_dicts()
-    reps = sorted({r.get("repetitions") for r in rows if r.get("repetitions") is not None})
+    # Paired comparisons count pairs (issue 8); older tables count repetitions per variant.
+    counted = "pairs" if any(r.get("pairs") is not None for r in rows) else "repetitions"
+    reps = sorted({r.get(counted) for r in rows if r.get(counted) is not None})
     methods = sorted({str(r.get("energy_method")) for r in rows if r.get("energy_method")})
     meters = sorted({str(r.get("energy_meter")) for r in rows if r.get("energy_meter")})
     quality = sorted({str(r.get("quality_basis")) for r in rows if r.get("quality_basis")}) or ["perplexity"]
     return (
-        f"¹ Mean ± half-width of the 95% t interval over {', '.join(map(str, reps)) or 'n/a'} repetitions "
+        f"¹ Mean ± half-width of the 95% t interval over {', '.join(map(str, reps)) or 'n/a'} {counted} "
         f"after warm-up; energy meter {', '.join(meters) or 'n/a'}, method {', '.join(methods) or 'n/a'}. "
         "² Change of the variant against the base with the 95% interval of the ratio in brackets (as the "
         "score table computes it: paired when base and variant were timed side by side). Perplexity: WikiText-2 "
