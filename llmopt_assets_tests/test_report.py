@@ -94,6 +94,10 @@ def test_report_sections_summary_and_self_contained_html(scores: pl.DataFrame, r
     # Self-contained: no script, stylesheet or image fetched from anywhere.
     assert not re.search(r"""(src|href)=['"](https?:)?//""", page)
     assert "<script" not in page
+    # The interactive page inlines vega once and loads no script or stylesheet from elsewhere.
+    live = report.interactive.read_text()
+    assert live.count("vegaEmbed(\"#chart-") == len(report.charts)
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=", live)
 
 
 def test_decide_cli_answers_from_the_paper_and_says_when_nothing_fits(capsys: pytest.CaptureFixture) -> None:

@@ -11,6 +11,7 @@ labels cannot overlap however close the points are.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import altair as alt
@@ -172,8 +173,17 @@ def to_png(chart: alt.TopLevelMixin, path: Path, scale: float = 1.0) -> Path:
     return path
 
 
-def to_html(chart: alt.TopLevelMixin, path: Path) -> Path:
-    """A standalone page with the vega libraries inlined by vl-convert (works offline)."""
+def interactive_page(charts: dict[str, alt.TopLevelMixin], title: str, path: Path) -> Path:
+    """One standalone page with every chart live (tooltips): the vega libraries are inlined once
+    from vl-convert's bundle, so the page fetches nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(vlc.vegalite_to_html(chart.to_json(), bundle=True))
+    bundle = vlc.javascript_bundle().replace("</script", "<\\/script")
+    blocks = "\n".join(f'<h3>{html.escape(name)}</h3><div id="chart-{i}"></div>' for i, name in enumerate(charts))
+    specs = [chart.to_json().replace("</", "<\\/") for chart in charts.values()]  # never closes the tag
+    embeds = "\n".join(f'vegaEmbed("#chart-{i}", {spec}, {{"actions": false}});' for i, spec in enumerate(specs))
+    path.write_text(
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<script>{bundle}</script></head><body style='font-family:sans-serif'><h1>{html.escape(title)}</h1>"
+        f"{blocks}<script>{embeds}</script></body></html>"
+    )
     return path

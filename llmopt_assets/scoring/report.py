@@ -53,6 +53,7 @@ class Section:
 class Report:
     markdown: Path
     html: Path
+    interactive: Path  # the same charts live (tooltips), vega inlined
     charts: dict[str, Path]
     summary: list[str]
     constraint_answers: list[ConstraintAnswer]
@@ -180,11 +181,13 @@ def build_sections(
     chart_dir: Path,
     constraints: Constraints | None = None,
     paper_dir: Path = PAPER_TABLES,
-) -> tuple[list[Section], dict[str, Path], list[ConstraintAnswer]]:
-    """The report's sections and the chart files they show."""
+    interactive_name: str = "the interactive page",
+) -> tuple[list[Section], dict[str, Path], dict, list[ConstraintAnswer]]:
+    """The report's sections, the chart files they show, the charts themselves, the constraint answers."""
     published = paper_scores(paper_dir)
     models = _models(table)
     chart_files: dict[str, Path] = {}
+    specs: dict[str, object] = {}
     sections = [Section("Summary", [
         f"Measured here: {len(models)} model(s), {table.height} variant(s). opt is lower-is-better; 1 is the "
         "uncompressed base. A choice is *clearly ahead* when its opt interval does not overlap the runner-up's.",
@@ -210,16 +213,19 @@ def build_sections(
                             ("repetitions", charts.repetition_spread(measurements, model) if measurements is not None
                              else None)):
             if chart is not None:
+                specs[f"{model}-{name}"] = chart
                 chart_files[f"{model}-{name}"] = charts.to_png(chart, chart_dir / f"{model}-{name}.png")
         measured.blocks += [f"**{model}**", _measured_table(table, model), _method_footnote(table, model)]
         reference = model if model in published_models else CLOSEST_PUBLISHED
         note = ("" if model in published_models else
                 f" No published row for {model}; shown: the paper's {reference} (Table 4), the closest size class.")
         beside.blocks += [f"**{model}** beside the paper's **{reference}**.{note}", _published_table(published, reference)]
-    chart_section.blocks = list(chart_files.values())
+    chart_section.blocks = [f"The same charts with tooltips: {interactive_name} (self-contained, opens offline).",
+                            *chart_files.values()]
 
     across = _across_models_frame(table, published)
-    chart_files["across-models"] = charts.to_png(charts.across_models(across), chart_dir / "across-models.png")
+    specs["across-models"] = charts.across_models(across)
+    chart_files["across-models"] = charts.to_png(specs["across-models"], chart_dir / "across-models.png")
     chart_section.blocks.append(chart_files["across-models"])
 
     claims = paper_claims_check(paper_dir, published)
@@ -234,7 +240,7 @@ def build_sections(
         (["§", "model", "preset", "paper recommends", "equation ranks first", "opt (paper's pick)", "opt (first)",
           "rank of paper's pick", "follows"], claim_rows),
     ])
-    return [*sections, chart_section, pareto, measured, beside, paper], chart_files, answers
+    return [*sections, chart_section, pareto, measured, beside, paper], chart_files, specs, answers
 
 
 def _across_models_frame(table: pl.DataFrame, published: pl.DataFrame) -> pl.DataFrame:
@@ -331,9 +337,12 @@ def write_report(
         raise ValueError("the opt-score table is empty: materialize opt_scores (or run the demo) first")
     out_dir.mkdir(parents=True, exist_ok=True)
     chart_dir = out_dir / f"{name}-charts"
-    sections, chart_files, answers = build_sections(table, measurements, chart_dir, constraints, paper_dir)
+    interactive_path = out_dir / f"{name}-interactive.html"
+    sections, chart_files, specs, answers = build_sections(table, measurements, chart_dir, constraints, paper_dir,
+                                                           interactive_path.name)
     title = f"Compression decision report ({datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')})"
     markdown_path, html_path = out_dir / f"{name}.md", out_dir / f"{name}.html"
     markdown_path.write_text(to_markdown(title, sections, out_dir))
     html_path.write_text(to_html(title, sections))
-    return Report(markdown_path, html_path, chart_files, summary_lines(table), answers)
+    interactive = charts.interactive_page(specs, f"{title}: interactive charts", interactive_path)
+    return Report(markdown_path, html_path, interactive, chart_files, summary_lines(table), answers)
