@@ -1,97 +1,170 @@
-import json
+import math
 
 import polars as pl
 import pytest
 
-from llmopt_assets.scoring.table import opt_table
+from llmopt_assets.scoring.charts import markdown_table, trade_off_chart
+from llmopt_assets.scoring.table import CONTROL_FAILED, ENERGY_MIRRORS_TIME, NO_CONTROL, opt_table
 
-HARDWARE = json.dumps({"cpu_model": "Test CPU"})
+
+def quality(technique: str, perplexity: float, seconds: float = 1.0, model: str = "m") -> list[dict]:
+    """A perplexity run: one deterministic evaluation (its timing is information only)."""
+    return [{"measurement": "perplexity", "model": model, "technique": technique, "perplexity": perplexity,
+             "seconds": seconds, "protocol": "p", "fingerprint": f"fp-{technique}"}]
 
 
-def rows(technique: str, perplexity: float, seconds: list[float], joules: list[float | None], method: str = "counter"):
-    return [
-        {
-            "model": "m", "technique": technique, "repetition": i, "perplexity": perplexity,
-            "seconds": s, "joules": j, "energy_method": method if j is not None else "unavailable",
-            "energy_meter": "fake", "energy_is_estimate": method == "estimate", "protocol": "p",
-            "hardware": HARDWARE, "fingerprint": f"fp-{technique}",
-        }
-        for i, (s, j) in enumerate(zip(seconds, joules))
-    ]
+def comparison(technique: str, base_seconds: list[float], time_factors: list[float],
+               energy_factors: list[float] | None, method: str = "counter", model: str = "m",
+               watts: float = 10.0, energy_flags: str = "") -> list[dict]:
+    """A paired comparison: per pair the base's seconds, the variant's = base × factor; joules =
+    seconds × watts (× the energy factor on the variant); None energy factors = no meter."""
+    rows = []
+    for pair, (seconds, t_factor) in enumerate(zip(base_seconds, time_factors)):
+        e_factor = energy_factors[pair] if energy_factors else None
+        for arm, arm_seconds, joules in (
+            ("base", seconds, seconds * watts if energy_factors else None),
+            ("variant", seconds * t_factor, seconds * watts * e_factor if energy_factors else None),
+        ):
+            rows.append({
+                "measurement": "comparison", "model": model, "technique": technique, "pair": pair, "arm": arm,
+                "seconds": arm_seconds, "joules": joules,
+                "energy_method": method if joules is not None else "unavailable", "energy_meter": "fake",
+                "energy_is_estimate": method == "estimate" and joules is not None, "energy_flags": energy_flags,
+                "warmup_stable": True, "reached_min_repetition_seconds": True, "tokens_per_repetition": 1024,
+                "fingerprint": f"fp-{technique}", "base_fingerprint": "fp-base", "protocol": "p",
+            })
+    return rows
+
+
+def table_of(*parts: list[dict]) -> pl.DataFrame:
+    return opt_table(pl.DataFrame([row for part in parts for row in part], infer_schema_length=None))
+
+
+BASE_SECONDS = [1.0, 1.3, 0.9, 1.6]  # the machine's speed drifts between pairs: it cancels
+AA = [1.01, 0.99, 1.005, 0.995]  # an A/A comparison: ratios around 1
+WOBBLE = [1.01, 1 / 1.01, 1.02, 1 / 1.02]  # geometric mean exactly 1
+
+
+def row_of(table: pl.DataFrame, technique: str, model: str = "m") -> dict:
+    return table.filter((pl.col("technique") == technique) & (pl.col("model") == model)).row(0, named=True)
 
 
 def test_ratios_and_opt_against_hand_values() -> None:
-    frame = pl.DataFrame(
-        rows("base", 20.0, [10.0, 10.2, 9.8], [100.0, 102.0, 98.0])
-        + rows("nf4", 22.0, [11.0, 11.2, 10.8], [50.0, 51.0, 49.0]),
-        infer_schema_length=None,
+    table = table_of(
+        quality("base", 20.0), quality("nf4", 22.0),
+        comparison("base", BASE_SECONDS, AA, AA),
+        comparison("nf4", BASE_SECONDS, [1.1 * w for w in WOBBLE], [0.5 * w for w in WOBBLE]),
     )
-    table = opt_table(frame)
-    nf4 = table.filter(pl.col("technique") == "nf4").row(0, named=True)
+    nf4 = row_of(table, "nf4")
     assert nf4["pc"] == pytest.approx(1.1)
-    assert nf4["tc"] == pytest.approx(1.1)
-    assert nf4["ec"] == pytest.approx(0.5)
-    # 1.1^1.5 * (0.5*1.1 + 0.5*0.5) = 1.153689 * 0.8
-    assert nf4["opt_balanced"] == pytest.approx(1.1 ** 1.5 * 0.8)
+    # Geometric mean of the per-pair ratios: the wobble cancels exactly.
+    assert nf4["tc"] == pytest.approx(1.1) and nf4["ec"] == pytest.approx(0.5)
+    assert nf4["opt_balanced"] == pytest.approx(1.1 ** 1.5 * (0.5 * 1.1 + 0.5 * 0.5))
     assert nf4["opt_energy"] == pytest.approx(1.1 ** 1.5 * (0.1 * 1.1 + 0.9 * 0.5))
-    assert nf4["tc_ci95_low"] < 1.1 < nf4["tc_ci95_high"]
-    assert nf4["ec_significant"] and nf4["tc_significant"]
-    assert nf4["seconds_mean"] == pytest.approx(11.0)
-    assert nf4["seconds_std"] == pytest.approx(0.2)
+    assert nf4["opt_runtime"] == pytest.approx(1.1 ** 1.5 * (0.9 * 1.1 + 0.1 * 0.5))
+    # Paired t interval on ln ratios: ln wobble = ±0.00995, ±0.0198; s = √(Σd²/3), t_{0.975,3} = 3.1824.
+    s = math.sqrt((2 * math.log(1.01) ** 2 + 2 * math.log(1.02) ** 2) / 3)
+    half = 3.182446305284263 * s / 2
+    assert nf4["tc_ci95_low"] == pytest.approx(1.1 * math.exp(-half))
+    assert nf4["tc_ci95_high"] == pytest.approx(1.1 * math.exp(half))
+    assert nf4["tc_significant"] and nf4["ec_significant"]
+    assert nf4["pairs"] == 4 and nf4["tokens_per_repetition"] == 1024
+    assert nf4["seconds_mean"] == pytest.approx(sum(b * 1.1 * w for b, w in zip(BASE_SECONDS, WOBBLE)) / 4)
+    assert nf4["control"] == "passed" and nf4["control_failed"] is False
+    assert nf4["energy_informative"] is True
     assert nf4["flags"] == ""
+    base = row_of(table, "base")  # the A/A control is the base's own row
+    assert base["pc"] == 1.0 and base["tc_ci95_low"] <= 1.0 <= base["tc_ci95_high"] and not base["tc_significant"]
+
+
+def test_time_comes_from_the_pairs_not_from_the_perplexity_runs() -> None:
+    # The variant's perplexity run happened to be timed on a busy machine (3× slower); the paired
+    # comparison saw no difference, and Tc says so.
+    table = table_of(
+        quality("base", 20.0, seconds=1.0), quality("ah90", 20.0, seconds=3.0),
+        comparison("base", BASE_SECONDS, AA, AA), comparison("ah90", BASE_SECONDS, AA[::-1], AA),
+    )
+    ah90 = row_of(table, "ah90")
+    assert ah90["tc"] == pytest.approx(1.0, abs=0.01) and not ah90["tc_significant"]
+
+
+def test_a_failed_control_flags_every_row_of_its_model_only() -> None:
+    table = table_of(
+        quality("base", 20.0), quality("nf4", 21.0),
+        comparison("base", BASE_SECONDS, [1.1 * w for w in WOBBLE], AA),  # A/A that sees a 10% change
+        comparison("nf4", BASE_SECONDS, [1.5] * 4, [1.5] * 4),
+        quality("base", 30.0, model="other"), comparison("base", BASE_SECONDS, AA, AA, model="other"),
+    )
+    for technique in ("base", "nf4"):
+        row = row_of(table, technique)
+        assert row["control"] == "failed" and row["control_failed"] is True
+        assert CONTROL_FAILED in row["flags"]
+    other = row_of(table, "base", model="other")
+    assert other["control"] == "passed" and CONTROL_FAILED not in other["flags"]
+
+
+def test_an_energy_only_control_failure_counts_too() -> None:
+    table = table_of(quality("base", 20.0), comparison("base", BASE_SECONDS, AA, [1.2 * w for w in WOBBLE]))
+    assert row_of(table, "base")["control"] == "failed"
+
+
+def test_no_control_is_flagged() -> None:
+    table = table_of(quality("base", 20.0), quality("nf4", 21.0), comparison("nf4", BASE_SECONDS, [1.5] * 4, [1.5] * 4))
+    nf4 = row_of(table, "nf4")
+    assert nf4["control"] == "missing" and nf4["control_failed"] is True
+    assert NO_CONTROL in nf4["flags"]
+    assert "no paired comparison" in row_of(table, "base")["flags"]
+    assert row_of(table, "base").get("tc") is None
+
+
+def test_energy_that_only_estimates_from_time_is_not_informative() -> None:
+    table = table_of(
+        quality("base", 20.0), quality("int8", 20.1),
+        comparison("base", BASE_SECONDS, AA, AA, method="estimate"),
+        comparison("int8", BASE_SECONDS, [1.4] * 4, [1.4] * 4, method="estimate"),
+    )
+    int8 = row_of(table, "int8")
+    assert int8["energy_informative"] is False
+    assert ENERGY_MIRRORS_TIME in int8["flags"] and "estimate" in int8["flags"]
+    assert ENERGY_MIRRORS_TIME in markdown_table(table)
 
 
 def test_missing_energy_gives_no_opt_never_zero() -> None:
-    frame = pl.DataFrame(
-        rows("base", 20.0, [10.0, 10.1], [100.0, 101.0]) + rows("int8", 20.1, [30.0, 30.3], [None, None]),
-        infer_schema_length=None,
+    table = table_of(
+        quality("base", 20.0), quality("int8", 20.1),
+        comparison("base", BASE_SECONDS, AA, None), comparison("int8", BASE_SECONDS, [3.0] * 4, None),
     )
-    int8 = opt_table(frame).filter(pl.col("technique") == "int8").row(0, named=True)
-    assert int8["joules_mean"] is None
-    assert int8.get("ec") is None
-    assert int8["opt_balanced"] is None
-    assert "energy methods mixed" in int8["flags"]
+    int8 = row_of(table, "int8")
+    assert int8["tc"] == pytest.approx(3.0)
+    assert int8["joules_mean"] is None and int8.get("ec") is None
+    assert int8["opt_balanced"] is None and int8["energy_informative"] is None
+    assert int8["control"] == "passed"  # time alone decides the control when nothing was metered
 
 
-def test_estimates_and_missing_base_are_flagged() -> None:
-    frame = pl.DataFrame(rows("ah90", 25.0, [5.0, 5.1], [10.0, 10.2], method="estimate"), infer_schema_length=None)
-    row = opt_table(frame).row(0, named=True)
-    assert "no base measurement" in row["flags"]
-    frame = pl.DataFrame(
-        rows("base", 20.0, [10.0, 10.1], [100.0, 101.0], "estimate")
-        + rows("ah90", 25.0, [5.0, 5.1], [10.0, 10.2], "estimate"),
-        infer_schema_length=None,
+def test_stale_comparisons_and_implausible_power_are_flagged() -> None:
+    stale = [dict(r, base_fingerprint="fp-old-base") for r in comparison("nf4", BASE_SECONDS, [1.2] * 4, [1.2] * 4)]
+    power = comparison("int8", BASE_SECONDS, [1.2] * 4, [1.2] * 4, energy_flags="average power 900 W above 1.5 × max 65.0 W")
+    table = table_of(quality("base", 20.0), quality("nf4", 21.0), quality("int8", 21.0),
+                     comparison("base", BASE_SECONDS, AA, AA), stale, power)
+    assert "against another base than the perplexity's" in row_of(table, "nf4")["flags"]
+    assert "above 1.5 × max 65.0 W" in row_of(table, "int8")["flags"]
+
+
+def test_rows_without_a_measurement_kind_are_refused() -> None:
+    with pytest.raises(ValueError, match="no 'measurement' column"):
+        opt_table(pl.DataFrame([{"model": "m", "technique": "base", "perplexity": 1.0}]))
+
+
+def test_the_chart_states_the_verdicts(tmp_path, monkeypatch) -> None:
+    import matplotlib.figure
+
+    titles = []
+    real = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, t, **kw: titles.append(t) or real(self, t, **kw))
+    table = table_of(
+        quality("base", 20.0), quality("nf4", 21.0),
+        comparison("base", BASE_SECONDS, [1.1] * 4, [1.1] * 4, method="estimate"),
+        comparison("nf4", BASE_SECONDS, [1.5] * 4, [1.5] * 4, method="estimate"),
     )
-    row = opt_table(frame).filter(pl.col("technique") == "ah90").row(0, named=True)
-    assert "estimate" in row["flags"]
-
-
-def test_implausible_power_reaches_the_score_flags() -> None:
-    from llmopt_assets.measure.energy import ComponentEnergy, EnergyReading
-    from llmopt_assets.measure.runs import PowerRange, repetition_row
-    from llmopt_assets.measure.perplexity import PerplexityResult
-    from llmopt_assets.measure.repetitions import Repetition
-
-    # 900 J in 1 s is 900 W: far above a 65 W CPU's 1.5 × margin.
-    reading = EnergyReading("fake", 1.0, (ComponentEnergy("cpu", 900.0, "counter", "test"),))
-    repetition = Repetition(0, PerplexityResult(20.0, 100.0, 50, 1, 1.0), 1.0, reading)
-    row = repetition_row(repetition, {"model": "m"}, PowerRange(max_watts=65.0, idle_watts=5.0))
-    assert "above 1.5 × max 65.0 W" in row["energy_flags"]
-    frame = pl.DataFrame(
-        rows("base", 20.0, [1.0, 1.0], [10.0, 10.0]) + rows("nf4", 21.0, [1.0, 1.1], [900.0, 900.0]),
-        infer_schema_length=None,
-    ).with_columns(
-        pl.when(pl.col("technique") == "nf4").then(pl.lit(row["energy_flags"])).otherwise(pl.lit("")).alias("energy_flags")
-    )
-    nf4 = opt_table(frame).filter(pl.col("technique") == "nf4").row(0, named=True)
-    assert "above 1.5 × max 65.0 W" in nf4["flags"]
-
-
-def test_runs_far_apart_in_time_are_flagged() -> None:
-    base = [dict(r, measured_at="2026-11-01T10:00:00+00:00") for r in rows("base", 20.0, [1.0, 1.1], [10.0, 11.0])]
-    near = [dict(r, measured_at="2026-11-01T10:20:00+00:00") for r in rows("nf4", 21.0, [1.0, 1.1], [9.0, 9.5])]
-    far = [dict(r, measured_at="2026-11-03T10:00:00+00:00") for r in rows("int8", 21.0, [1.0, 1.1], [9.0, 9.5])]
-    table = opt_table(pl.DataFrame(base + near + far, infer_schema_length=None))
-    flags = dict(zip(table["technique"].to_list(), table["flags"].to_list()))
-    assert "apart" not in flags["nf4"]
-    assert "48.0 h apart from the base" in flags["int8"]
+    assert trade_off_chart(table, "m", tmp_path / "m.png").is_file()
+    assert CONTROL_FAILED in titles[0] and ENERGY_MIRRORS_TIME in titles[0]

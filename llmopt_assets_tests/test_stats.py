@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from llmopt_assets.measure.stats import fieller_interval, ratio_of_means, summarize, welch_p_value
+from llmopt_assets.measure.stats import fieller_interval, paired_ratio, ratio_of_means, summarize, welch_p_value
 
 
 def test_summarize_hand_values():
@@ -128,3 +128,53 @@ def test_summaries_are_plain_floats_for_json():
     r = ratio_of_means([1.0, 2.0, 4.0], [2.0, 3.0, 3.5])
     assert all(type(v) in (int, float) for v in s.to_dict().values())
     assert json.loads(json.dumps(r.to_dict()))["ratio"] == pytest.approx(7 / 8.5)
+
+
+def test_paired_ratio_hand_values():
+    # ln ratios 0.1, 0.2, 0.3, 0.0: mean 0.15, sum of squared deviations 0.05, s = √(0.05/3).
+    base = [2.0, 3.0, 1.5, 4.0]
+    variant = [b * math.exp(d) for b, d in zip(base, [0.1, 0.2, 0.3, 0.0])]
+    r = paired_ratio(variant, base)
+    half = 3.182446305284263 * math.sqrt(0.05 / 3) / 2  # t_{0.975, 3} from tables, s/√4
+    assert r.ratio == pytest.approx(math.exp(0.15))
+    assert (r.ci95_low, r.ci95_high) == (pytest.approx(math.exp(0.15 - half)), pytest.approx(math.exp(0.15 + half)))
+    assert r.ci95_low == pytest.approx(0.94608, abs=1e-5) and r.ci95_high == pytest.approx(1.42679, abs=1e-5)
+    assert not r.significant and r.pairs == 4  # the interval covers 1
+    assert r.log_ratio_std == pytest.approx(math.sqrt(0.05 / 3))
+
+
+def test_paired_ratio_matches_scipy_paired_t_test_on_logs():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.9, 1.3, 12)
+    variant = base * 1.08 * rng.lognormal(0.0, 0.03, 12)
+    r = paired_ratio(variant.tolist(), base.tolist())
+    test = scipy_stats.ttest_rel(np.log(variant), np.log(base))
+    low, high = test.confidence_interval(0.95)
+    assert r.p_value == pytest.approx(test.pvalue)
+    assert r.ci95_low == pytest.approx(math.exp(low)) and r.ci95_high == pytest.approx(math.exp(high))
+    assert r.significant == (test.pvalue < 0.05)
+    assert r.ratio == pytest.approx(scipy_stats.gmean(variant / base))
+
+
+def test_paired_ratio_cancels_a_drift_that_the_unpaired_interval_cannot():
+    # The machine slows down 30% over the run; each pair sees the same slowness in both arms.
+    drift = np.linspace(1.0, 1.3, 10)
+    wobble = np.array([1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0])
+    base, variant = drift, drift * 1.05 * wobble
+    paired = paired_ratio(variant.tolist(), base.tolist())
+    unpaired = ratio_of_means(variant.tolist(), base.tolist())
+    assert paired.significant and paired.ci95_low > 1.03 and paired.ci95_high < 1.07
+    assert not unpaired.significant  # the drift's spread swamps the 5% change
+
+
+def test_paired_ratio_edge_cases():
+    one = paired_ratio([1.2], [1.0])
+    assert one.ratio == pytest.approx(1.2) and one.ci95_low is None and one.p_value is None and not one.significant
+    same = paired_ratio([2.0, 4.0], [1.0, 2.0])
+    assert (same.ratio, same.ci95_low, same.ci95_high, same.significant) == (pytest.approx(2.0),) * 3 + (True,)
+    equal = paired_ratio([1.0, 2.0], [1.0, 2.0])
+    assert equal.p_value == 1.0 and not equal.significant
+    with pytest.raises(ValueError, match="pairs must match"):
+        paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        paired_ratio([1.0, 0.0], [1.0, 1.0])

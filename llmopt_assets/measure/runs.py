@@ -1,5 +1,6 @@
-"""A perplexity run: the evaluation repeated N times after warm-up, each repetition timed and
-metered, one row per repetition with everything needed to trace and judge the number."""
+"""Measurement runs as table rows with everything needed to trace and judge each number:
+a perplexity run (the evaluation, timed and metered as information), and a paired comparison
+of a base and a variant (the source of Tc and Ec), one row per pair and arm."""
 
 import json
 from collections.abc import Callable
@@ -9,9 +10,15 @@ from datetime import UTC, datetime
 import torch
 from transformers import PreTrainedModel
 
-from llmopt_assets.measure.energy import EnergyMeter, power_flags
+from llmopt_assets.measure.comparison import ArmRepetition, ComparisonProtocol, ComparisonResult, Work, run_comparison
+from llmopt_assets.measure.energy import EnergyMeter, EnergyReading, power_flags
 from llmopt_assets.measure.hardware import hardware_info
-from llmopt_assets.measure.perplexity import PerplexityProtocol, PerplexityResult, evaluate_perplexity
+from llmopt_assets.measure.perplexity import (
+    PerplexityProtocol,
+    PerplexityResult,
+    evaluate_perplexity,
+    window_nll,
+)
 from llmopt_assets.measure.repetitions import Repetition, RepetitionProtocol, run_repetitions
 
 
@@ -23,19 +30,9 @@ class PowerRange:
     idle_watts: float | None = None
 
 
-def repetition_row(repetition: Repetition, context: dict, power: PowerRange = PowerRange()) -> dict:
-    """One measured repetition as a flat table row (JSON strings for nested records)."""
-    result: PerplexityResult = repetition.value
-    energy = repetition.energy
+def energy_columns(energy: EnergyReading, power: PowerRange) -> dict:
+    """One energy reading as flat columns: joules, meter, method, PUE, flags, the full record."""
     return {
-        **context,
-        "repetition": repetition.index,
-        "perplexity": result.perplexity,
-        "nll_sum": result.nll_sum,
-        "scored_tokens": result.scored_tokens,
-        "windows": result.windows,
-        "seconds": repetition.seconds,
-        "tokens_per_second": result.scored_tokens / repetition.seconds,
         # None stays None: an energy we could not measure is missing, never zero.
         "joules": energy.joules,
         "average_watts": energy.average_watts,
@@ -45,6 +42,33 @@ def repetition_row(repetition: Repetition, context: dict, power: PowerRange = Po
         "energy_pue": energy.pue,
         "energy": json.dumps(energy.to_dict(), default=str),
         "energy_flags": "; ".join(power_flags(energy, max_watts=power.max_watts, idle_watts=power.idle_watts)),
+    }
+
+
+def repetition_row(repetition: Repetition, context: dict, power: PowerRange = PowerRange()) -> dict:
+    """One measured repetition as a flat table row (JSON strings for nested records)."""
+    result: PerplexityResult = repetition.value
+    return {
+        **context,
+        "repetition": repetition.index,
+        "perplexity": result.perplexity,
+        "nll_sum": result.nll_sum,
+        "scored_tokens": result.scored_tokens,
+        "windows": result.windows,
+        "seconds": repetition.seconds,
+        "tokens_per_second": result.scored_tokens / repetition.seconds,
+        **energy_columns(repetition.energy, power),
+    }
+
+
+def run_context(context: dict, protocol: PerplexityProtocol) -> dict:
+    """The context every row of a run shares: protocol, hardware, threads, time of measurement."""
+    return {
+        **context,
+        "protocol": json.dumps(protocol.to_dict()),
+        "hardware": json.dumps(hardware_info(), default=str),
+        "threads": torch.get_num_threads(),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -61,17 +85,81 @@ def measure_perplexity(
     """Rows for each measured repetition. `context` names the model, technique, fingerprints,
     recipe and profile; the protocol, hardware and meter are added here."""
     context = {
-        **context,
-        "protocol": json.dumps(protocol.to_dict()),
+        **run_context(context, protocol),
+        "measurement": "perplexity",
         "repetition_protocol": json.dumps(
             {"warmup": repetitions.warmup, "repetitions": repetitions.repetitions,
              "cooldown_seconds": repetitions.cooldown_seconds}
         ),
-        "hardware": json.dumps(hardware_info(), default=str),
-        "threads": torch.get_num_threads(),
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     done = run_repetitions(
         lambda: evaluate_perplexity(model, tokens, protocol), meter, repetitions, on_repetition=on_repetition
     )
     return [repetition_row(r, context, power) for r in done]
+
+
+def window_batches(tokens: torch.Tensor, window_length: int, device: str) -> list[torch.Tensor]:
+    """The corpus cut into full windows ([1, window_length] each), made once and shared by both
+    arms: the same tokens, and no second copy of them."""
+    full = len(tokens) // window_length
+    if full < 1:
+        raise ValueError(f"the corpus has {len(tokens)} tokens, fewer than one window of {window_length}")
+    stream = tokens[: full * window_length].to(device)
+    return [stream[i * window_length : (i + 1) * window_length].unsqueeze(0) for i in range(full)]
+
+
+def window_work(model: PreTrainedModel, batches: list[torch.Tensor]) -> Work:
+    """One unit of work = the perplexity evaluator's forward pass and loss over one window;
+    units beyond the corpus wrap around to its first window."""
+    model.eval()
+
+    def work(units: int) -> float:
+        total = 0.0
+        for unit in range(units):
+            batch = batches[unit % len(batches)]
+            total += float(window_nll(model, batch, batch.shape[1] - 1))  # float(): waits for the device
+        return total
+
+    return work
+
+
+def comparison_rows(result: ComparisonResult, context: dict, tokens_per_unit: int, power: PowerRange) -> list[dict]:
+    """One row per (pair, arm), each carrying the experiment's calibration and protocol."""
+    calibration = result.calibration
+    shared = {
+        **context,
+        "measurement": "comparison",
+        "units_per_repetition": calibration.units,
+        "tokens_per_repetition": calibration.units * tokens_per_unit,
+        "calibration": json.dumps(calibration.to_dict()),
+        "warmup_stable": calibration.stable,
+        "reached_min_repetition_seconds": calibration.reached_minimum,
+        "comparison_protocol": json.dumps(result.protocol.to_dict()),
+    }
+    return [
+        {**shared, "pair": r.pair, "arm": r.arm, "position": r.position, "seconds": r.seconds,
+         **energy_columns(r.energy, power)}
+        for r in result.repetitions
+    ]
+
+
+def measure_comparison(
+    base: PreTrainedModel,
+    variant: PreTrainedModel,
+    tokens: torch.Tensor,
+    protocol: PerplexityProtocol,
+    meter: EnergyMeter,
+    comparison: ComparisonProtocol,
+    context: dict,
+    on_repetition: Callable[[ArmRepetition], None] | None = None,
+    power: PowerRange = PowerRange(),
+) -> tuple[list[dict], ComparisonResult]:
+    """Base and variant timed and metered side by side on the same windows of the corpus
+    (`measure.comparison`). `context` names the model, technique and both arms' fingerprints."""
+    device = str(next(variant.parameters()).device)
+    batches = window_batches(tokens, protocol.max_length, device)
+    result = run_comparison(
+        window_work(base, batches), window_work(variant, batches), meter, comparison, on_repetition=on_repetition
+    )
+    rows = comparison_rows(result, run_context(context, protocol), protocol.max_length, power)
+    return rows, result

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
+from llmopt_assets.scoring.table import model_verdicts
+
 
 def _fmt(value: object, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -17,14 +19,17 @@ def _fmt(value: object, digits: int = 3) -> str:
 
 
 def markdown_table(table: pl.DataFrame) -> str:
-    """The columns a reader needs, missing values shown as n/a (never 0)."""
-    columns = ["model", "technique", "perplexity", "pc", "tc", "ec", "opt_balanced", "opt_energy",
-               "opt_runtime", "energy_method"]
+    """The columns a reader needs, missing values shown as n/a (never 0), then per model what
+    the numbers cannot be trusted for (a failed or missing A/A control, energy that mirrors time)."""
+    columns = ["model", "technique", "perplexity", "pc", "tc", "tc_significant", "ec", "ec_significant",
+               "opt_balanced", "opt_energy", "opt_runtime", "energy_method", "control"]
     present = [c for c in columns if c in table.columns]
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for row in table.iter_rows(named=True):
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in present) + " |")
-    return "\n".join(lines)
+    models = table["model"].unique(maintain_order=True).to_list() if "model" in table.columns else []
+    notes = [f"- **{model}**: {verdict}" for model in models for verdict in model_verdicts(table, model)]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def png_data_uri(path: Path) -> str:
