@@ -1,10 +1,19 @@
 """Evaluation profiles: how much data, how many repetitions, how much calibration.
 
 `smoke` keeps CI and the demo within minutes on 2 CPU cores; `paper` is the paper's protocol
-(whole WikiText-2 test split, 30 repetitions after a warm-up, §4.1).
+(whole WikiText-2 test split, 30 timed repetitions after a warm-up, §4.1: here 30 interleaved
+base/variant pairs).
+
+Perplexity is deterministic, so `perplexity_run` evaluates once (`warmup`, `repetitions`: its
+timing is information only). Tc and Ec come from `comparison_run`: `pairs` interleaved pairs of
+repetitions, each lasting at least `min_repetition_seconds` for the faster arm, after a warm-up
+of at most `max_warmup_rounds` rounds (see `measure.comparison`).
 """
 
 from dataclasses import asdict, dataclass, replace
+
+from llmopt_assets.measure.comparison import ComparisonProtocol
+from llmopt_assets.measure.perplexity import PerplexityProtocol
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,9 @@ class EvaluationProfile:
     sparsegpt_length: int
     distillation: str  # DistillationConfig preset name
     cooldown_seconds: float = 0.0  # idle pause before each measured repetition (thermal settling)
+    pairs: int = 30  # interleaved base/variant pairs of a comparison
+    min_repetition_seconds: float = 1.0  # auto-ranging target of one repetition (pyperf/timeit)
+    max_warmup_rounds: int = 10  # warm-up cap when the timing does not settle
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -30,20 +42,25 @@ PROFILES = {
         name="smoke",
         max_length=512,
         max_tokens=1024,
-        warmup=1,
-        repetitions=3,
+        warmup=0,
+        repetitions=1,
         head_calibration_samples=16,
         head_calibration_length=128,
         sparsegpt_samples=16,
         sparsegpt_length=256,
         distillation="smoke",
+        # ~25 comparisons in the demo: 6 pairs of ≥ 1 s repetitions after ≤ 3 warm-up rounds is
+        # ~15-20 s each for SmolLM2 on 2 cores, and a t interval with 5 degrees of freedom.
+        pairs=6,
+        min_repetition_seconds=1.0,
+        max_warmup_rounds=3,
     ),
     "paper": EvaluationProfile(
         name="paper",
         max_length=None,
         max_tokens=None,
-        warmup=1,
-        repetitions=30,
+        warmup=0,
+        repetitions=1,
         head_calibration_samples=64,
         head_calibration_length=256,
         # SparseGPT's own paper used 128 x 2048 on a GPU; on 2 CPU cores that is ~1.5 h for a
@@ -51,6 +68,9 @@ PROFILES = {
         sparsegpt_samples=32,
         sparsegpt_length=512,
         distillation="paper",
+        pairs=30,
+        min_repetition_seconds=1.0,
+        max_warmup_rounds=10,
     ),
 }
 
@@ -67,3 +87,28 @@ def window_length(profile: EvaluationProfile, model_context: int) -> int:
     """The perplexity window: the profile's, capped by the model's context."""
     wanted = profile.max_length or DEFAULT_MAX_LENGTH
     return min(wanted, model_context)
+
+
+def perplexity_protocol(profile: EvaluationProfile, model_context: int, dtype: str) -> PerplexityProtocol:
+    """WikiText-2 raw test, rows joined with "\\n\\n", non-overlapping windows of the profile's
+    length capped by the model's context: the one protocol every perplexity and comparison uses."""
+    length = window_length(profile, model_context)
+    return PerplexityProtocol(
+        dataset="wikitext-2-raw-v1/test",
+        joiner="\n\n",
+        max_length=length,
+        stride=length,
+        dtype=dtype,
+        max_tokens=profile.max_tokens,
+    )
+
+
+def comparison_protocol(profile: EvaluationProfile, seed: int = 0) -> ComparisonProtocol:
+    """The paired time/energy experiment the profile asks for (see `measure.comparison`)."""
+    return ComparisonProtocol(
+        pairs=profile.pairs,
+        min_repetition_seconds=profile.min_repetition_seconds,
+        max_warmup_rounds=profile.max_warmup_rounds,
+        cooldown_seconds=profile.cooldown_seconds,
+        seed=seed,
+    )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmopt_assets.defs.data.assets import calibration_corpus, eval_corpus
-from llmopt_assets.defs.measurement.assets import measurements, perplexity_run
+from llmopt_assets.defs.measurement.assets import comparison_run, measurements, perplexity_run
 from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
 from llmopt_assets.defs.resources import (
     ComputeResource,
@@ -21,12 +21,13 @@ from llmopt_assets.defs.resources import (
 )
 from llmopt_assets.defs.scoring.assets import opt_scores, trade_off_charts
 from llmopt_assets.models.store import ModelStore
+from llmopt_assets.scoring.table import ENERGY_MIRRORS_TIME
 from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
 MODEL = "tiny-llama"
 TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4"]
 PREPARE = [base_model, eval_corpus, calibration_corpus]
-VARIANT = [compressed_variant, perplexity_run]
+VARIANT = [compressed_variant, perplexity_run, comparison_run]
 SCORING = [measurements, opt_scores, trade_off_charts]
 
 
@@ -49,7 +50,8 @@ def project(tmp_path_factory) -> dict:
         "registry": ModelRegistryResource(path=str(registry)),
         "model_store": ModelStoreResource(root=str(root / "store")),
         "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
-        "profile": EvaluationProfileResource(profile="smoke", repetitions=2),
+        # Comparisons of 4 pairs of ≥ 20 ms repetitions: the tiny model's windows take ~1 ms.
+        "profile": EvaluationProfileResource(profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02),
         "energy_meter": EnergyMeterResource(meter="cpu-time"),
         "compute": ComputeResource(threads=1),
     }
@@ -67,9 +69,9 @@ def project(tmp_path_factory) -> dict:
         key = dg.MultiPartitionKey({"model": MODEL, "technique": technique})
         results[technique] = dg.materialize(
             VARIANT, partition_key=key, resources=resources, instance=instance,
-            selection=[compressed_variant, perplexity_run],
+            selection=VARIANT,
         )
-    scoring = dg.materialize([*SCORING, perplexity_run], resources=resources, instance=instance,
+    scoring = dg.materialize([*SCORING, perplexity_run, comparison_run], resources=resources, instance=instance,
                              selection=SCORING)
     return {"root": root, "results": results, "scoring": scoring, "instance": instance, "resources": resources}
 
@@ -87,10 +89,14 @@ def test_opt_scores_cover_every_technique(project: dict) -> None:
     assert sorted(table["technique"].to_list()) == sorted(TECHNIQUES)
     base = table.filter(pl.col("technique") == "base").row(0, named=True)
     assert base["pc"] == pytest.approx(1.0)
-    assert base["tc"] == pytest.approx(1.0)
-    # The CPU-time meter's energy is an estimate and the table says so.
+    # The base row is the A/A control: the base against a second loaded copy of itself.
+    covers = base["tc_ci95_low"] <= 1.0 <= base["tc_ci95_high"] and base["ec_ci95_low"] <= 1.0 <= base["ec_ci95_high"]
+    assert base["control"] == ("passed" if covers else "failed")
+    assert set(table["control_failed"].to_list()) == {not covers}
+    # The CPU-time meter's energy is an estimate derived from time, and the table says so.
     assert "estimate" in base["energy_method"]
-    assert "estimate" in base["flags"]
+    assert ENERGY_MIRRORS_TIME in base["flags"] and set(table["energy_informative"].to_list()) == {False}
+    assert set(table["pairs"].to_list()) == {4}
     pruned = table.filter(pl.col("technique") == "sparsegpt-2:4").row(0, named=True)
     assert pruned["pc"] != pytest.approx(1.0, abs=1e-6)  # half the weights gone changes predictions
     assert all(table["opt_balanced"].is_not_null())
@@ -110,6 +116,26 @@ def test_lineage_runs_from_result_to_weights(project: dict) -> None:
     assert row["fingerprint"] == variant.fingerprint
     assert json.loads(row["protocol"])["dataset"] == "wikitext-2-raw-v1/test"
     assert json.loads(row["hardware"])
+
+
+def test_comparison_rows_pair_both_arms_with_their_lineage_and_calibration(project: dict) -> None:
+    store = ModelStore(Path(project["root"]) / "store")
+    tables = Path(project["root"]) / "tables" / "comparison_run"
+    control = pl.read_parquet(tables / f"{MODEL}__base.parquet")
+    base = store.manifest(MODEL, "base")
+    # The A/A control: two loads of the same base artifact.
+    assert set(control["base_fingerprint"]) == set(control["variant_fingerprint"]) == {base.fingerprint}
+    variant = pl.read_parquet(tables / f"{MODEL}__nf4+ah80.parquet")
+    assert set(variant["base_fingerprint"]) == {base.fingerprint}
+    assert set(variant["variant_fingerprint"]) == {store.manifest(MODEL, "nf4+ah80").fingerprint}
+    assert sorted(zip(variant["pair"], variant["arm"])) == [(p, a) for p in range(4) for a in ("base", "variant")]
+    assert sorted(variant["position"].to_list()) == list(range(8))
+    calibration = json.loads(variant["calibration"][0])
+    assert calibration["rounds"] and calibration["units"] == variant["units_per_repetition"][0]
+    assert variant["tokens_per_repetition"][0] == calibration["units"] * json.loads(variant["protocol"][0])["max_length"]
+    assert all(s >= 0.02 for s in variant["seconds"]) or not calibration["reached_minimum"]
+    assert json.loads(variant["comparison_protocol"][0])["pairs"] == 4
+    assert variant["joules"].null_count() == 0 and json.loads(variant["hardware"][0])
 
 
 def test_unknown_model_fails_clearly(project: dict) -> None:
@@ -140,7 +166,7 @@ def test_a_failing_repetition_leaves_earlier_measurements_intact(
 
     def nan_on_third_call(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 2:  # no warm-up: the first call is repetition 0, the second repetition 1
             raise error
         return real(*args, **kwargs)
 

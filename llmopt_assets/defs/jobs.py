@@ -21,8 +21,9 @@ students_job = dg.define_asset_job(
 )
 variants_job = dg.define_asset_job(
     "variants_job",
-    selection=["compressed_variant", "perplexity_run"],
-    description="Per model × technique: build the variant, then measure it.",
+    selection=["compressed_variant", "perplexity_run", "comparison_run"],
+    description="Per model × technique: build the variant, measure its perplexity, compare its time "
+    "and energy with the base's in one interleaved experiment (for `base`: the A/A control).",
 )
 scoring_job = dg.define_asset_job(
     "scoring_job",

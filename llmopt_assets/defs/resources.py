@@ -73,7 +73,9 @@ class EnergyMeterResource(dg.ConfigurableResource):
 
 
 class EvaluationProfileResource(dg.ConfigurableResource):
-    """smoke (minutes on 2 cores) or paper (whole test split, 30 repetitions)."""
+    """smoke (minutes on 2 cores) or paper (whole test split, 30 interleaved pairs); any field
+    set here overrides the profile's: `pairs`, `min_repetition_seconds` and `max_warmup_rounds`
+    shape the paired time/energy comparison, `repetitions` the perplexity run's own timing."""
 
     profile: str = "smoke"
     repetitions: int | None = None
@@ -81,11 +83,15 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     sparsegpt_samples: int | None = None
     sparsegpt_length: int | None = None
     cooldown_seconds: float | None = None
+    pairs: int | None = None
+    min_repetition_seconds: float | None = None
+    max_warmup_rounds: int | None = None
 
     def get(self) -> EvaluationProfile:
         overrides = {
             name: getattr(self, name)
-            for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length", "cooldown_seconds")
+            for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length", "cooldown_seconds",
+                         "pairs", "min_repetition_seconds", "max_warmup_rounds")
             if getattr(self, name) is not None
         }
         return get_profile(self.profile, **overrides)

@@ -15,8 +15,8 @@ import polars as pl
 
 from llmopt_assets.measure.stats import PairedRatio, paired_ratio, summarize
 from llmopt_assets.scoring.opt import PRESETS, QualityScore, opt_score, quality_penalty
+from llmopt_assets.techniques.recipe import BASE
 
-BASE = "base"
 CONTROL_FAILED = "control failed: the machine is too noisy for this comparison"
 NO_CONTROL = (
     "no A/A control: the base was not compared with a second copy of itself "

@@ -1,7 +1,9 @@
-"""Measurements: perplexity runs repeated with time and energy, gathered into one table."""
+"""Measurements: the perplexity of each variant (quality, measured once), the paired time/energy
+comparison of each variant with its base (Tc, Ec), gathered into one table."""
 
 import json
 import math
+import zlib
 
 import dagster as dg
 import polars as pl
@@ -14,14 +16,28 @@ from llmopt_assets.defs.resources import (
     EvaluationProfileResource,
     ModelStoreResource,
 )
+from llmopt_assets.measure.comparison import ArmRepetition, ComparisonError
 from llmopt_assets.measure.corpus import load_tokens
-from llmopt_assets.measure.perplexity import PerplexityProtocol
 from llmopt_assets.measure.repetitions import RepetitionError, RepetitionProtocol
-from llmopt_assets.measure.runs import measure_perplexity
+from llmopt_assets.measure.runs import measure_comparison, measure_perplexity
+from llmopt_assets.measure.stats import paired_ratio
 from llmopt_assets.models.architecture import context_length
+from llmopt_assets.profiles import comparison_protocol, perplexity_protocol
 from llmopt_assets.techniques.loading import load_variant
-from llmopt_assets.profiles import window_length
+from llmopt_assets.techniques.recipe import BASE
 
+
+def _measurement_failure(what: str, error: Exception, completed: int) -> dg.Failure:
+    cause = error.__cause__ or error
+    hint = (
+        " Out of memory: lower the profile's max_length or max_tokens, or use the bfloat16 dtype."
+        if isinstance(cause, (MemoryError, torch.OutOfMemoryError)) else ""
+    )
+    return dg.Failure(
+        description=f"{what}: repetition failed after {completed} completed ones: {cause}.{hint} "
+        "Earlier materializations are untouched.",
+        metadata={"completed_repetitions": completed},
+    )
 
 
 @dg.asset(
@@ -39,23 +55,16 @@ def perplexity_run(
     energy_meter: EnergyMeterResource,
     profile: EvaluationProfileResource,
 ):
-    """WikiText-2 perplexity of the variant, repeated N times after a warm-up; per repetition the
-    perplexity, wall seconds and energy (with the meter and method that measured it)."""
+    """WikiText-2 perplexity of the variant: the quality measurement, evaluated once (it is
+    deterministic; the profile's `repetitions` may repeat it). Its seconds and energy are kept as
+    information; Tc and Ec come from `comparison_run`, never from these unpaired timings."""
     threads = compute.apply_threads()
     slug, technique = variant_key(context)
     store = model_store.store()
     evaluation = profile.get()
     manifest = store.manifest(slug, technique)
     model, _ = load_variant(store, manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
-    length = window_length(evaluation, context_length(model))
-    protocol = PerplexityProtocol(
-        dataset="wikitext-2-raw-v1/test",
-        joiner="\n\n",
-        max_length=length,
-        stride=length,
-        dtype=compute.dtype,
-        max_tokens=evaluation.max_tokens,
-    )
+    protocol = perplexity_protocol(evaluation, context_length(model), compute.dtype)
     tokens = load_tokens(store.corpus_path(slug, "eval"))
     row_context = {
         "model": slug,
@@ -86,16 +95,7 @@ def perplexity_run(
             power=energy_meter.power_range(),
         )
     except RepetitionError as error:
-        cause = error.__cause__ or error
-        hint = (
-            " Out of memory: lower the profile's max_length or max_tokens, or use the bfloat16 dtype."
-            if isinstance(cause, (MemoryError, torch.OutOfMemoryError)) else ""
-        )
-        raise dg.Failure(
-            description=f"{slug}|{technique}: repetition failed after {len(error.completed)} completed "
-            f"ones: {cause}.{hint} Earlier materializations are untouched.",
-            metadata={"completed_repetitions": len(error.completed)},
-        ) from error
+        raise _measurement_failure(f"{slug}|{technique}", error, len(error.completed)) from error
     finally:
         meter.close()  # stops a tracker's threads and releases NVML, even after a failure
     table = pl.DataFrame(rows, infer_schema_length=None)
@@ -126,14 +126,122 @@ def perplexity_run(
     )
 
 
+def _log_repetition(context: dg.AssetExecutionContext):
+    def log(r: ArmRepetition) -> None:
+        energy = f"{r.energy.joules:.1f} J" if r.energy.joules is not None else "energy unavailable"
+        context.log.info(f"pair {r.pair} {r.arm}: {r.seconds:.3f} s, {energy} ({r.energy.method})")
+
+    return log
+
+
+@dg.asset(
+    partitions_def=variant_partitions,
+    deps=[
+        "compressed_variant",
+        dg.AssetDep("base_model", partition_mapping=model_of_variant),
+        dg.AssetDep("eval_corpus", partition_mapping=model_of_variant),
+    ],
+    group_name="measurement",
+    kinds={"pytorch", "polars"},
+    pool="cpu",
+)
+def comparison_run(
+    context: dg.AssetExecutionContext,
+    model_store: ModelStoreResource,
+    compute: ComputeResource,
+    energy_meter: EnergyMeterResource,
+    profile: EvaluationProfileResource,
+) -> dg.Output[pl.DataFrame]:
+    """The variant and its base loaded side by side and timed and metered alternately (seeded
+    ABBA/BAAB blocks) on the same windows, after calibrating each repetition to last at least
+    the profile's minimum and warming up until the timing is stable: one row per pair and arm,
+    the source of Tc and Ec. For technique `base` the variant is a second, separately loaded
+    copy of the base: the A/A control, whose interval must cover 1."""
+    threads = compute.apply_threads()
+    slug, technique = variant_key(context)
+    store = model_store.store()
+    evaluation = profile.get()
+    base_manifest, variant_manifest = store.manifest(slug, BASE), store.manifest(slug, technique)
+    device, dtype = compute.resolved_device(), compute.torch_dtype()
+    # Exactly two models in memory, each loaded once through the same path (for `base`, the same
+    # artifact twice: the control must measure two copies, not one model against itself).
+    base, _ = load_variant(store, base_manifest, dtype=dtype, device=device)
+    variant, _ = load_variant(store, variant_manifest, dtype=dtype, device=device)
+    protocol = perplexity_protocol(evaluation, context_length(base), compute.dtype)
+    experiment = comparison_protocol(evaluation, seed=zlib.crc32(f"{slug}|{technique}".encode()))
+    row_context = {
+        "model": slug,
+        "technique": technique,
+        "fingerprint": variant_manifest.fingerprint,
+        "base_fingerprint": base_manifest.fingerprint,
+        "variant_fingerprint": variant_manifest.fingerprint,
+        "parent_fingerprint": variant_manifest.parent_fingerprint or "",
+        "recipe": json.dumps(variant_manifest.recipe),
+        "profile": evaluation.name,
+        "device": device,
+        "compute_dtype": compute.dtype,
+        "run_id": context.run_id,
+    }
+    meter = energy_meter.make()
+    context.log.info(f"meter {meter.name}: {meter.probe()}")
+    try:
+        rows, result = measure_comparison(
+            base, variant, load_tokens(store.corpus_path(slug, "eval")), protocol, meter, experiment, row_context,
+            on_repetition=_log_repetition(context), power=energy_meter.power_range(),
+        )
+    except ComparisonError as error:
+        raise _measurement_failure(f"{slug}|{technique} comparison", error, len(error.completed)) from error
+    finally:
+        meter.close()
+    calibration = result.calibration
+    context.log.info(
+        f"{calibration.units} windows per repetition after {len(calibration.rounds)} calibration/warm-up rounds "
+        f"({'stable' if calibration.stable else 'NOT stable at the cap'})"
+    )
+    time_ratio = paired_ratio(result.values("variant"), result.values("base"))
+    metadata = {
+        "tc": dg.MetadataValue.float(time_ratio.ratio),
+        "tc_ci95": dg.MetadataValue.json([time_ratio.ci95_low, time_ratio.ci95_high]),
+        "tc_significant": time_ratio.significant,
+        "pairs": dg.MetadataValue.int(experiment.pairs),
+        "windows_per_repetition": dg.MetadataValue.int(calibration.units),
+        "tokens_per_repetition": dg.MetadataValue.int(calibration.units * protocol.max_length),
+        "warmup_stable": calibration.stable,
+        "calibration": dg.MetadataValue.json(calibration.to_dict()),
+        "protocol": dg.MetadataValue.json(experiment.to_dict()),
+        "energy_method": rows[0]["energy_method"],
+        "threads": dg.MetadataValue.int(threads),
+        "a_a_control": technique == BASE,
+        "base_fingerprint": base_manifest.fingerprint,
+        "fingerprint": variant_manifest.fingerprint,
+    }
+    base_joules, variant_joules = result.values("base", "joules"), result.values("variant", "joules")
+    if None not in base_joules + variant_joules:
+        energy_ratio = paired_ratio(variant_joules, base_joules)
+        metadata["ec"] = dg.MetadataValue.float(energy_ratio.ratio)
+        metadata["ec_ci95"] = dg.MetadataValue.json([energy_ratio.ci95_low, energy_ratio.ci95_high])
+    return dg.Output(
+        pl.DataFrame(rows, infer_schema_length=None),
+        metadata=metadata,
+        data_version=dg.DataVersion(
+            f"{base_manifest.fingerprint[:12]}-{variant_manifest.fingerprint[:12]}-{evaluation.name}"
+        ),
+    )
+
+
 @dg.asset(group_name="measurement", kinds={"polars"})
-def measurements(context: dg.AssetExecutionContext, perplexity_run: pl.DataFrame) -> pl.DataFrame:
-    """Every measured repetition of every variant, one row each, with model fingerprint, parent,
+def measurements(
+    context: dg.AssetExecutionContext, perplexity_run: pl.DataFrame, comparison_run: pl.DataFrame
+) -> pl.DataFrame:
+    """Every measurement, one row each, its kind in `measurement`: the perplexity runs (quality)
+    and the paired comparisons (one row per pair and arm: time and energy), with fingerprints,
     recipe, protocol, meter, method and hardware: the table all scores and charts come from."""
+    table = pl.concat([perplexity_run, comparison_run], how="diagonal_relaxed")
     context.add_output_metadata(
         {
-            "rows": dg.MetadataValue.int(perplexity_run.height),
-            "variants": dg.MetadataValue.int(perplexity_run.select("model", "technique").unique().height),
+            "rows": dg.MetadataValue.int(table.height),
+            "variants": dg.MetadataValue.int(table.select("model", "technique").unique().height),
+            "comparisons": dg.MetadataValue.int(comparison_run.select("model", "technique").unique().height),
         }
     )
-    return perplexity_run
+    return table
