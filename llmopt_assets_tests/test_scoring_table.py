@@ -3,7 +3,8 @@ import math
 import polars as pl
 import pytest
 
-from llmopt_assets.scoring.charts import markdown_table, trade_off_chart
+from llmopt_assets.scoring.altair_charts import trade_off_chart, trade_off_figure
+from llmopt_assets.scoring.charts import markdown_table
 from llmopt_assets.scoring.table import CONTROL_FAILED, ENERGY_MIRRORS_TIME, NO_CONTROL, opt_table
 
 
@@ -155,16 +156,27 @@ def test_rows_without_a_measurement_kind_are_refused() -> None:
         opt_table(pl.DataFrame([{"model": "m", "technique": "base", "perplexity": 1.0}]))
 
 
-def test_the_chart_states_the_verdicts(tmp_path, monkeypatch) -> None:
-    import matplotlib.figure
-
-    titles = []
-    real = matplotlib.figure.Figure.suptitle
-    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda self, t, **kw: titles.append(t) or real(self, t, **kw))
+def test_the_chart_states_the_verdicts(tmp_path) -> None:
     table = table_of(
         quality("base", 20.0), quality("nf4", 21.0),
         comparison("base", BASE_SECONDS, [1.1] * 4, [1.1] * 4, method="estimate"),
         comparison("nf4", BASE_SECONDS, [1.5] * 4, [1.5] * 4, method="estimate"),
     )
-    assert trade_off_chart(table, "m", tmp_path / "m.png").is_file()
-    assert CONTROL_FAILED in titles[0] and ENERGY_MIRRORS_TIME in titles[0]
+    title = trade_off_figure(table, "m").to_dict()["title"]["text"]
+    assert CONTROL_FAILED in title and ENERGY_MIRRORS_TIME in title
+    assert trade_off_chart(table, "m", tmp_path / "m.png").stat().st_size > 0
+    quiet = table_of(quality("base", 20.0), comparison("base", BASE_SECONDS, AA, AA))
+    assert "title" not in trade_off_figure(quiet, "m").to_dict()
+
+
+def test_the_repetition_chart_shows_both_arms_per_1k_tokens() -> None:
+    from llmopt_assets.scoring.altair_charts import repetition_spread
+
+    rows = quality("nf4", 21.0, seconds=99.0) + comparison("nf4", [1.024, 2.048], [1.5, 1.5], [1.0, 1.0])
+    chart = repetition_spread(pl.DataFrame(rows, infer_schema_length=None), "m").to_dict()
+    values = [v for data in chart["datasets"].values() for v in data]
+    seconds = sorted((v["arm"], v["value"]) for v in values if v["metric"].startswith("wall time"))
+    # 1,024 tokens per repetition, the variant 1.5 × the base; not the perplexity run's 99 s.
+    assert seconds == [("base", pytest.approx(1.0)), ("base", pytest.approx(2.0)),
+                       ("variant", pytest.approx(1.5)), ("variant", pytest.approx(3.0))]
+    assert {v["metric"] for v in values} == {"wall time (s per 1k tokens)", "energy (J per 1k tokens)"}

@@ -20,6 +20,7 @@ import vl_convert as vlc
 
 from llmopt_assets.scoring.decision import ranks, pareto_front
 from llmopt_assets.scoring.opt import PRESETS
+from llmopt_assets.scoring.table import model_verdicts
 
 # Fits the Dagster UI's metadata pop-up (about 900 px wide) without scrolling sideways.
 PANEL_WIDTH = 380
@@ -136,13 +137,19 @@ def repetition_spread(measurements: pl.DataFrame, model: str) -> alt.Chart:
     rows = measurements.filter(pl.col("model") == model)
     if "measurement" in rows.columns:
         rows = rows.filter(pl.col("measurement") == "comparison")  # the timed and metered rows
+    labels = {"seconds": "wall time (s)", "joules": "energy (J)"}
+    if "tokens_per_repetition" in rows.columns:
+        # Each comparison calibrates its own repetition length: per 1,000 tokens they compare.
+        per_k = 1000 / pl.col("tokens_per_repetition")
+        rows = rows.with_columns([(pl.col(m).cast(pl.Float64) * per_k).alias(m) for m in labels if m in rows.columns])
+        labels = {"seconds": "wall time (s per 1k tokens)", "joules": "energy (J per 1k tokens)"}
     arm = pl.col("arm") if "arm" in rows.columns else pl.lit("measured")
-    metrics = [m for m in ("seconds", "joules") if m in rows.columns and rows[m].drop_nulls().len() > 0]
+    metrics = [m for m in labels if m in rows.columns and rows[m].drop_nulls().len() > 0]
     if rows.height == 0 or not metrics:
         return _empty(f"{model}: no per-repetition rows")
     data = pl.concat([
         rows.select("technique", arm.alias("arm"), pl.col(m).cast(pl.Float64).alias("value")).drop_nulls()
-        .with_columns(metric=pl.lit({"seconds": "wall time (s)", "joules": "energy (J)"}[m]))
+        .with_columns(metric=pl.lit(labels[m]))
         for m in metrics
     ])
     order = sorted(set(data["technique"].to_list()), key=lambda t: (t != "base", t))
@@ -160,10 +167,19 @@ def repetition_spread(measurements: pl.DataFrame, model: str) -> alt.Chart:
     ).resolve_scale(x="independent").properties(title=f"{model}: every repetition (ticks) and their spread")
 
 
-def trade_off_chart(table: pl.DataFrame, model: str, path: Path) -> Path:
-    """The two per-model charts stacked (the pop-up is narrower than it is tall) into one PNG."""
+def trade_off_figure(table: pl.DataFrame, model: str) -> alt.VConcatChart:
+    """The two per-model charts stacked (the pop-up is narrower than it is tall); a failed or
+    missing A/A control and energy that mirrors time are stated above both."""
+    verdicts = model_verdicts(table, model)
     chart = alt.vconcat(opt_by_preset(table, model), quality_vs_energy(table, model)).resolve_scale(color="independent")
-    return to_png(chart, path)
+    if verdicts:
+        chart = chart.properties(title=alt.Title(verdicts, color="firebrick", anchor="start"))
+    return chart
+
+
+def trade_off_chart(table: pl.DataFrame, model: str, path: Path) -> Path:
+    """`trade_off_figure` as one PNG."""
+    return to_png(trade_off_figure(table, model), path)
 
 
 def to_png(chart: alt.TopLevelMixin, path: Path, scale: float = 1.0) -> Path:
