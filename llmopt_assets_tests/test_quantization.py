@@ -12,7 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from llmopt_assets.techniques.quantization import (
-    SCHEMES,
+    BNB_SCHEMES,
     bnb_config,
     conv1d_to_linear,
     BlockStraddlingLinear4bit,
@@ -92,7 +92,7 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", BNB_SCHEMES)
 def test_quantized_tiny_model_runs_close_to_fp32(arch: str, model, scheme: str) -> None:
     token_ids = random_token_ids(2, 24)
     with torch.no_grad():
@@ -215,7 +215,7 @@ def test_conv1d_to_linear_computes_the_same_function() -> None:
     torch.testing.assert_close(linear(x).reshape(-1, 24), expected)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("scheme", BNB_SCHEMES)
 def test_uneven_attention_shapes(scheme: str) -> None:
     """A layer with 3 heads of 8 among layers of 4, as head pruning leaves it."""
     model = tiny_model("opt")
@@ -309,3 +309,93 @@ def test_offline_hub_kernel_notice_is_recorded_not_logged() -> None:
     kernel_importable = importlib.util.find_spec("kernels") is not None
     if has_avx512_bf16 and not kernel_importable:
         assert "reason: No module named 'kernels'" in done.stdout
+
+
+def dynamic_int8_by_hand(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Dynamic int8 linear written out: int8 weights with one symmetric scale per output row,
+    activations quantized per tensor to the 7-bit unsigned range fbgemm uses, exact integer
+    products, fp32 output."""
+    # weights: the range [-absmax, absmax] spread over the 255 steps of [-128, 127]
+    w_scale = (weight.abs().amax(dim=1).double() / 127.5).float()
+    w_int8 = torch.clamp(torch.round(weight * (1.0 / w_scale)[:, None]), -128, 127)
+    # activations: [min(x, 0), max(x, 0)] onto 0..127, zero point rounded to an integer
+    low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    x_scale = (high - low) / 127
+    zero_point = round(-low / x_scale)
+    x_uint = torch.clamp(torch.round(x / x_scale) + zero_point, 0, 127)
+    accumulated = (x_uint - zero_point).double() @ w_int8.double().T  # exact in int32 and fp64
+    return (accumulated * x_scale * w_scale.double()[None, :] + bias.double()).float()
+
+
+def test_dynamic_int8_linear_matches_the_scheme_by_hand() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 160))
+    linear = model[0]
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    x = torch.randn(9, 96) * 3 + 0.5  # asymmetric range: the zero point is not at the middle
+
+    report = quantize(model, "int8-dyn", skip_modules=())
+
+    with torch.no_grad():
+        output = model(x)
+    expected = dynamic_int8_by_hand(x, weight, bias)
+    assert relative_error(output, expected) < 1e-5
+    # not the float layer: quantization moves the output by ~1%, 1000x the tolerance above
+    assert relative_error(torch.nn.functional.linear(x, weight, bias), expected) > 1e-3
+    assert report.module_classes == {"DynamicQuantizedLinear": 1}
+    assert count_quantized_modules(model) == 1
+    # int8 codes, per-row scale (float64) and zero point (int64), fp32 bias
+    assert report.linear_weight_bytes_after == 96 * 160 + 160 * 8 + 160 * 8 + 160 * 4
+    assert report.linear_weight_bytes_before == 4 * (96 * 160 + 160)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])
+def test_dynamic_int8_tiny_model_runs_close_to_fp32(arch: str) -> None:
+    model = tiny_model(arch)
+    token_ids = random_token_ids(2, 24)
+    with torch.no_grad():
+        fp32_logits = model(token_ids).logits
+    expected_names = quantizable_linear_names(model)
+
+    report = quantize(model, "int8-dyn")
+
+    with torch.no_grad():
+        logits = model(token_ids).logits
+    assert report.quantized_modules == report.quantizable_modules == len(expected_names) > 0
+    assert count_quantized_modules(model) == len(expected_names)
+    assert report.config["engine"] == torch.backends.quantized.engine
+    # 7-bit per-tensor activations step by range/127: ~2x the int8 budget above for Gaussian
+    # tiny models (real LLM activations with outlier channels fare worse: see benchmarks/README)
+    assert relative_error(logits, fp32_logits) < 2 * LOGIT_RELATIVE_TOLERANCE["int8"]
+    assert report.weight_bytes_after < report.weight_bytes_before
+
+
+def test_dynamic_int8_refuses_cuda_and_half_compute() -> None:
+    with pytest.raises(ValueError, match="CPU int8 kernels.*'int8' \\(bitsandbytes"):
+        quantize(tiny_model("llama"), "int8-dyn", device="cuda")
+    with pytest.raises(ValueError, match="float32 activations"):
+        quantize(tiny_model("llama"), "int8-dyn", compute_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="not a bitsandbytes scheme"):
+        bnb_config("int8-dyn")
+
+
+def test_bf16_casts_every_weight_and_stays_close_to_fp32() -> None:
+    model = tiny_model("llama")
+    token_ids = random_token_ids(2, 24)
+    with torch.no_grad():
+        fp32_logits = model(token_ids).logits
+    # parameters (the tied embedding once) and the rotary frequencies buffer
+    before = sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+
+    report = quantize(model, "bf16")
+
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert report.quantized_modules == report.quantizable_modules == 28
+    assert report.skipped_modules == []
+    # two bytes a weight instead of four, tied embedding counted once
+    assert report.weight_bytes_before == 4 * before
+    assert report.weight_bytes_after == 2 * before
+    with torch.no_grad():
+        logits = model(token_ids).logits.float()
+    # bf16 rounds to 8 significant bits (2^-9 relative) at every op
+    assert relative_error(logits, fp32_logits) < 0.05

@@ -69,8 +69,21 @@ def test_steps_apply_in_a_fixed_order_whatever_the_key_order() -> None:
     "key,message",
     [("int8+nf4", "at most one quantize"), ("ah90+ah80", "at most one prune-heads"),
      ("base+int8", "cannot be combined"), ("int3", "unknown technique 'int3'. Valid keys: base"),
-     ("kd++int8", "empty part")],
+     ("kd++int8", "empty part"), ("int8+int8-dyn", "at most one quantize"),
+     ("bf16+nf4", "at most one quantize")],
 )
 def test_impossible_combinations_are_refused(key: str, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
         parse(key)
+
+
+def test_cpu_precisions_compose_like_the_quantizations() -> None:
+    recipe = parse("sparsegpt-2:4+int8-dyn")
+    assert recipe.key == "int8-dyn+sparsegpt-2:4"
+    assert [s["step"] for s in recipe.steps] == ["prune-weights", "quantize"]
+    # applied at load over the pruned weights, shared with int8+sparsegpt-2:4
+    assert recipe.weights_key == parse("int8+sparsegpt-2:4").weights_key == "sparsegpt-2:4"
+    assert parse("ah90+kd+bf16").key == "kd+bf16+ah90"
+    assert parse("kd+bf16").weights_key == "kd"
+    for key in ["int8-dyn", "int8-dyn+ah90", "kd+int8-dyn", "int8-dyn+sparsegpt-2:4", "bf16", "kd+bf16"]:
+        assert key in technique_keys()

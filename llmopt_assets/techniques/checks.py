@@ -72,7 +72,8 @@ def exact_n_m_sparsity(store: ModelStore, manifest: Manifest, recipe: Recipe) ->
 
 
 def modules_really_quantized(details: dict) -> CheckOutcome:
-    """Every quantizable linear layer became a bitsandbytes module (counted after quantizing)."""
+    """Every quantizable linear layer became a quantized module (bitsandbytes, torch dynamic int8)
+    or holds half-precision weights (bf16), counted after quantizing."""
     quantized = details.get("quantize")
     if quantized is None:
         return not_applicable("modules_really_quantized")

@@ -10,14 +10,28 @@ weights are quantized right away on the target device.
 
 ``bnb_config`` gives the equivalent ``BitsAndBytesConfig`` for the ``from_pretrained`` path, so a
 hub model quantized on load and a pruned model quantized here are recorded the same way.
+
+Two schemes beyond the paper aim at the hardware users have, a CPU (issue 15):
+
+- ``int8-dyn``: torch's dynamic int8 linear layers (``torch.ao.nn.quantized.dynamic.Linear``,
+  fbgemm / oneDNN kernels): int8 weights with one symmetric scale per output row
+  (absmax / 127.5), activations quantized per tensor at run time (asymmetric uint8 over
+  [min(x, 0), max(x, 0)], 7-bit range because fbgemm's kernels reserve a bit against overflow),
+  int32 accumulation, fp32 output. CPU only: torch has no CUDA kernel for these layers.
+- ``bf16``: the whole model cast to bfloat16, weights and compute (norms and embeddings too,
+  as ``from_pretrained(dtype=torch.bfloat16)`` would load it). It sits in the quantization family
+  of the recipes: one precision per variant, applied at load over the parent's weights.
 """
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
+from torch.ao.quantization import per_channel_dynamic_qconfig
 from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
@@ -44,8 +58,11 @@ class _HubKernelNotice(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
 import bitsandbytes as bnb  # noqa: E402  (after the filter: the notice is logged at import)
 
-SCHEMES = ("int8", "nf4", "fp4")
-QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
+BNB_SCHEMES = ("int8", "nf4", "fp4")
+SCHEMES = (*BNB_SCHEMES, "int8-dyn", "bf16")
+QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit, quantized_dynamic.Linear)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+_CLASS_NAMES = {quantized_dynamic.Linear: "DynamicQuantizedLinear"}  # its own name is "Linear"
 BLOCKSIZE_4BIT = 64  # QLoRA's block size for the absmax constants (bitsandbytes' default)
 _CPU_FUSED_BLOCK_N = 32  # output rows per tile in bitsandbytes' CPU weight packing
 
@@ -77,6 +94,8 @@ def bnb_config(
 ) -> BitsAndBytesConfig:
     """The from_pretrained equivalent of ``quantize(model, scheme, ...)`` with the same arguments."""
     _check_scheme(scheme)
+    if scheme not in BNB_SCHEMES:
+        raise ValueError(f"{scheme!r} is not a bitsandbytes scheme ({BNB_SCHEMES}): no BitsAndBytesConfig")
     if scheme == "int8":
         return BitsAndBytesConfig(
             load_in_8bit=True,
@@ -120,9 +139,14 @@ def quantize(
 
     LLM.int8 decomposes activations only in eval mode: in training mode bitsandbytes dequantizes
     the weights on CPU and runs a plain floating point matmul.
+
+    ``int8-dyn`` needs ``device='cpu'`` and fp32 compute; ``bf16`` casts the whole model and
+    ignores ``compute_dtype`` (see the module docstring).
     """
     _check_scheme(scheme)
     device = torch.device(device)
+    if scheme == "int8-dyn":
+        _check_int8_dynamic_fits(device, compute_dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
     if scheme == "int8":
@@ -137,13 +161,23 @@ def quantize(
     modules = dict(model.named_modules())
     linear_before = sum(weight_bytes(modules[name]) for name in names)
 
-    model.to(device)
-    for name in names:
+    if scheme == "bf16":
+        model.to(device=device, dtype=torch.bfloat16)
+        names_to_replace: list[str] = []
+    else:
+        model.to(device)
+        names_to_replace = names
+    for name in names_to_replace:
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         original = getattr(parent, child_name)
         linear = conv1d_to_linear(original) if isinstance(original, Conv1D) else original
         bias = None if linear.bias is None else linear.bias.detach()
+        if scheme == "int8-dyn":
+            quantized = dynamic_int8_linear(linear)
+            setattr(parent, child_name, quantized.train(original.training))
+            del original, linear
+            continue
         quantized = _quantized_linear(
             linear.weight.detach().contiguous(), bias, scheme,
             compute_dtype, int8_threshold, double_quant, cpu_fused_4bit, device,
@@ -156,9 +190,13 @@ def quantize(
     modules = dict(model.named_modules())
     classes: dict[str, int] = {}
     for module in modules.values():
-        for bnb_class in QUANTIZED_MODULE_TYPES:
-            if isinstance(module, bnb_class):
-                classes[bnb_class.__name__] = classes.get(bnb_class.__name__, 0) + 1
+        for quantized_class in QUANTIZED_MODULE_TYPES:
+            if isinstance(module, quantized_class):
+                name = _CLASS_NAMES.get(quantized_class, quantized_class.__name__)
+                classes[name] = classes.get(name, 0) + 1
+    if scheme == "bf16":
+        classes["Linear(bfloat16)"] = count_quantized_modules(model)
+        skipped = []  # the cast reaches every layer, the output embedding included
     config: dict[str, object] = {
         "method": "bitsandbytes",
         "scheme": scheme,
@@ -166,7 +204,19 @@ def quantize(
         "bitsandbytes_version": bnb.__version__,
         "skip_modules": list(skip_modules),
     }
-    if scheme == "int8":
+    if scheme in ("int8-dyn", "bf16"):
+        config = {"method": "torch", "scheme": scheme, "device": str(device),
+                  "torch_version": torch.__version__, "skip_modules": list(skip_modules)}
+    if scheme == "int8-dyn":
+        config |= {
+            "engine": torch.backends.quantized.engine,
+            "weights": "int8, symmetric, one scale per output row (absmax / 127.5)",
+            "activations": "uint8 (7-bit range), affine, one scale per tensor chosen at run time",
+            "compute_dtype": "float32",
+        }
+    elif scheme == "bf16":
+        config |= {"skip_modules": [], "compute_dtype": "bfloat16"}
+    elif scheme == "int8":
         config |= {"int8_threshold": int8_threshold, "has_fp16_weights": False}
     else:
         config |= {
@@ -220,8 +270,15 @@ def quantizable_linear_names(model: nn.Module, skip_modules: Sequence[str] = ("l
 
 
 def count_quantized_modules(model: nn.Module) -> int:
-    """How many Linear8bitLt / Linear4bit modules the model holds."""
-    return sum(isinstance(module, QUANTIZED_MODULE_TYPES) for module in model.modules())
+    """How many linear layers are quantized: bitsandbytes Linear8bitLt / Linear4bit and torch
+    dynamic int8 layers, plus the quantizable linear layers whose weights are half precision
+    (the bf16 scheme)."""
+    replaced = sum(isinstance(module, QUANTIZED_MODULE_TYPES) for module in model.modules())
+    modules = dict(model.named_modules())
+    half = sum(
+        modules[name].weight.dtype in HALF_DTYPES for name in quantizable_linear_names(model)
+    )
+    return replaced + half
 
 
 def weight_bytes(module: nn.Module) -> int:
@@ -242,7 +299,18 @@ def weight_bytes(module: nn.Module) -> int:
     for tensor in [*module.parameters(), *module.buffers()]:
         add(tensor)
     for submodule in module.modules():
-        if isinstance(submodule, bnb.nn.Linear8bitLt):
+        if isinstance(submodule, quantized_dynamic.Linear):
+            # Packed by fbgemm, outside parameters and buffers: int8 codes, per-row scales and
+            # zero points (as torch stores them: float64 and int64), the fp32 bias.
+            weight = submodule.weight()
+            total += weight.numel() * weight.element_size()
+            if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                total += weight.q_per_channel_scales().numel() * 8
+                total += weight.q_per_channel_zero_points().numel() * 8
+            else:
+                total += 8 + 8
+            add(submodule.bias())
+        elif isinstance(submodule, bnb.nn.Linear8bitLt):
             # The row scales live on the parameter until the first forward, then on the state.
             add(getattr(submodule.weight, "SCB", None))
             add(submodule.state.SCB)
@@ -259,6 +327,34 @@ def weight_bytes(module: nn.Module) -> int:
 
 def _uses_cpu_fused_4bit(module: nn.Module) -> bool:
     return isinstance(module, bnb.nn.Linear4bit) and bool(module.support_avx512bf16_for_cpu)
+
+
+def dynamic_int8_linear(linear: nn.Linear) -> quantized_dynamic.Linear:
+    """torch's dynamic int8 layer for ``linear``: per-row symmetric int8 weights (observer
+    ``per_channel_dynamic_qconfig``), activations quantized per tensor when it runs."""
+    linear.qconfig = per_channel_dynamic_qconfig
+    with warnings.catch_warnings():
+        # torch.ao.quantization's eager API warns that it moves to torchao; the kernels are
+        # torch's own and run in 2.13 (recorded in the report's torch_version).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        quantized = quantized_dynamic.Linear.from_float(linear)
+    del linear.qconfig
+    return quantized
+
+
+def _check_int8_dynamic_fits(device: torch.device, compute_dtype: torch.dtype) -> None:
+    if device.type != "cpu":
+        raise ValueError(
+            f"int8-dyn runs on torch's CPU int8 kernels (fbgemm / oneDNN); torch has no "
+            f"{device.type} kernel for dynamic int8 linear layers. On a GPU use 'int8' "
+            "(bitsandbytes LLM.int8) instead."
+        )
+    if compute_dtype != torch.float32:
+        raise ValueError(
+            f"int8-dyn layers take and return float32 activations; compute dtype {compute_dtype} "
+            "cannot be combined with it (evaluate int8-dyn variants in float32)"
+        )
 
 
 def _check_scheme(scheme: str) -> None:

@@ -28,6 +28,11 @@ QUANTIZE = {
     # the library default, FP4 codes with fp32 compute. NF4 (QLoRA's code) is run beside it.
     "fp4": {"step": "quantize", "scheme": "fp4"},
     "nf4": {"step": "quantize", "scheme": "nf4"},
+    # Beyond the paper (issue 15), for the CPU: torch's dynamic int8 kernels, and bfloat16
+    # weights and compute. bf16 is a precision, not a quantizer, but it composes the same way:
+    # one per variant, applied at load over the parent's (pruned / distilled) weights.
+    "int8-dyn": {"step": "quantize", "scheme": "int8-dyn"},
+    "bf16": {"step": "quantize", "scheme": "bf16"},
 }
 # Families in application order; key order when written: kd, quantization, pruning (as the
 # paper writes "Knowledge Distilled, 8-Bit, 90% AH").
@@ -75,7 +80,7 @@ def _family_of(part: str) -> str:
     raise RecipeError(
         f"unknown technique {part!r}. Valid keys: {', '.join(technique_keys())}; "
         "combine one per family with '+': distillation (kd, kd-rkl), quantization "
-        "(int8, fp4, nf4), head pruning (ah90, ah80), weight pruning "
+        "(int8, fp4, nf4, int8-dyn, bf16), head pruning (ah90, ah80), weight pruning "
         "(sparsegpt-2:4, sparsegpt-50, magnitude-2:4)"
     )
 
@@ -112,7 +117,8 @@ def _join(*parts: str | None) -> str:
 def technique_keys() -> list[str]:
     """Every technique partition: the paper's grid (Table 1 and the standalone rows) with its
     "4-bit" as FP4 and again as NF4, SparseGPT with each quantization, and the single-technique
-    extensions (unstructured SparseGPT, magnitude 2:4 baseline, reverse-KL distillation)."""
+    extensions (unstructured SparseGPT, magnitude 2:4 baseline, reverse-KL distillation), and the CPU
+    precisions int8-dyn and bf16 alone and combined with distillation and pruning."""
     quantizations = (None, "int8", "fp4", "nf4")  # the paper's 8-bit and 4-bit (FP4, and NF4)
     paper_grid = [
         _join(kd, quant, heads)
@@ -120,7 +126,11 @@ def technique_keys() -> list[str]:
     ]
     sparse_grid = [_join(quant, "sparsegpt-2:4") for quant in quantizations]
     extensions = ["magnitude-2:4", "sparsegpt-50", "kd-rkl"]
-    return paper_grid + sparse_grid + extensions
+    # The CPU-fast precisions with the paper's combinations (issue 15).
+    cpu_grid = [
+        _join(kd, "int8-dyn", heads) for kd, heads in itertools.product((None, "kd"), (None, "ah90"))
+    ] + ["int8-dyn+sparsegpt-2:4", "bf16", "kd+bf16"]
+    return paper_grid + sparse_grid + extensions + cpu_grid
 
 
 def techniques_distilled_with(distillation: str) -> list[str]:
