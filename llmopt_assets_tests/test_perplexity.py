@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity, windows
+from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity, window_batches, windows
 from llmopt_assets.measure.reference import reference_perplexity
 from llmopt_assets_tests.tiny_models import random_token_ids, tiny_model
 
@@ -19,6 +19,26 @@ def test_matches_reference_loop(arch: str, max_length: int, stride: int) -> None
     ours = evaluate_perplexity(model, ids, protocol)
     expected = reference(model, ids, max_length, stride)
     assert ours.perplexity == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("batch_tokens", [1, 64, 4096])
+def test_batched_sdpa_windows_match_reference_loop(arch: str, batch_tokens: int) -> None:
+    # The reference runs the eager attention one window at a time; ours SDPA, windows batched.
+    ids = random_token_ids(1, 300, seed=4)[0]
+    expected = reference(tiny_model(arch), ids, 32, 24)
+    protocol = PerplexityProtocol("random", "", 32, 24, "float32")
+    ours = evaluate_perplexity(tiny_model(arch, attn_implementation="sdpa"), ids, protocol, batch_tokens=batch_tokens)
+    assert ours.perplexity == pytest.approx(expected, rel=1e-5)
+    assert ours.scored_tokens == 299
+
+
+def test_windows_batch_by_equal_length_up_to_the_token_budget() -> None:
+    spans = windows(100, 20, 20)  # five windows of 20
+    assert [len(b) for b in window_batches(spans, 40)] == [2, 2, 1]
+    spans = windows(95, 20, 20)  # the last window is 15 tokens: never batched with the 20s
+    batches = window_batches(spans, 1000)
+    assert [[w.end - w.begin for w in b] for b in batches] == [[20, 20, 20, 20], [15]]
+    assert [len(b) for b in window_batches(spans, 1)] == [1, 1, 1, 1, 1]
 
 
 def test_scored_tokens_and_windows() -> None:
@@ -75,3 +95,15 @@ def test_nan_logits_raise_a_clear_error() -> None:
     protocol = PerplexityProtocol("random", "", 32, 32, "float32")
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         evaluate_perplexity(model, random_token_ids(1, 64)[0], protocol)
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add() -> None:
+    from llmopt_assets.measure.peak import matmul_peak, model_gflops
+
+    ticks = iter([0.0, 0.5, 1.0, 1.25, 2.0, 3.0])  # three products: 0.5 s, 0.25 s, 1.0 s
+    peak = matmul_peak(torch.float32, size=100, repeats=3, clock=lambda: next(ticks))
+    flops = 2 * 100**3
+    assert peak.gflops == pytest.approx(flops / 0.25 / 1e9)
+    assert peak.median_gflops == pytest.approx(flops / 0.5 / 1e9)
+    assert (peak.dtype, peak.threads) == ("float32", torch.get_num_threads())
+    assert model_gflops(135_000_000, 500) == pytest.approx(135.0)
