@@ -26,7 +26,7 @@ from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
 MODEL = "tiny-llama"
 TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4",
-              "int8-dyn+ah80", "kd+bf16"]
+              "int8-dyn+ah90", "kd+bf16"]
 PREPARE = [base_model, eval_corpus, calibration_corpus]
 VARIANT = [compressed_variant, perplexity_run, comparison_run]
 SCORING = [measurements, opt_scores, trade_off_charts]
