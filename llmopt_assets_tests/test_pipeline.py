@@ -117,6 +117,9 @@ def test_lineage_runs_from_result_to_weights(project: dict) -> None:
     assert row["fingerprint"] == variant.fingerprint
     assert json.loads(row["protocol"])["dataset"] == "wikitext-2-raw-v1/test"
     assert json.loads(row["hardware"])
+    corpus = project["instance"].get_latest_materialization_event(dg.AssetKey("eval_corpus"))
+    assert row["corpus_sha256"] == corpus.asset_materialization.metadata["text_sha256"].value
+    assert row["code_version"] == perplexity_run.code_versions_by_key[perplexity_run.key]
 
 
 def test_comparison_rows_pair_both_arms_with_their_lineage_and_calibration(project: dict) -> None:

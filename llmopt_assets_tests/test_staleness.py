@@ -13,6 +13,7 @@ from dagster._core.loader import LoadingContextForTest
 from llmopt_assets.defs.data.assets import calibration_corpus
 from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
 import llmopt_assets.techniques.variants as variants
+from llmopt_assets.techniques import head_pruning
 from llmopt_assets.defs.resources import (
     ComputeResource,
     EvaluationProfileResource,
@@ -86,3 +87,33 @@ def test_retraining_the_student_makes_only_its_variants_stale(pipeline: dict) ->
     assert stale_status(instance, ASSETS, "compressed_variant", variant("kd+int8")) == StaleStatus.STALE
     pipeline["materialize"](compressed_variant, variant("kd+int8"))
     assert stale_status(instance, ASSETS, "compressed_variant", variant("kd+int8")) == StaleStatus.FRESH
+
+
+def with_code_version(asset: dg.AssetsDefinition, version: str) -> dg.AssetsDefinition:
+    return asset.map_asset_specs(lambda spec: spec.replace_attributes(code_version=version))
+
+
+def test_a_code_version_bump_makes_the_asset_stale(pipeline: dict) -> None:
+    instance = pipeline["instance"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(head_pruning, "CODE_VERSION", "2")
+        bumped = variants.variant_code_version()
+    assert bumped != compressed_variant.code_versions_by_key[compressed_variant.key]
+    graph = [base_model, calibration_corpus, distilled_student, with_code_version(compressed_variant, bumped)]
+    resolver = CachingStaleStatusResolver(instance, AssetGraph.from_assets(graph), LoadingContextForTest(instance))
+    # Code versions are per asset: every variant is stale, and Dagster says why.
+    for technique in VARIANTS:
+        assert resolver.get_status(compressed_variant.key, variant(technique)) == StaleStatus.STALE
+    causes = resolver.get_stale_causes(compressed_variant.key, variant("int8"))
+    assert [cause.category.name for cause in causes] == ["CODE"]
+
+
+def test_a_student_code_bump_leaves_the_undistilled_variants_fresh(pipeline: dict) -> None:
+    # The student's own result is stale; Dagster does not carry a stale partitioned parent's
+    # status down to its children (they turn stale once the retrained student's data version
+    # changes, as the retrain test shows), and never to a variant that does not read a student.
+    instance = pipeline["instance"]
+    graph = [base_model, calibration_corpus, with_code_version(distilled_student, "bumped"), compressed_variant]
+    assert stale_status(instance, graph, "distilled_student", STUDENT) == StaleStatus.STALE
+    for technique in ("base", "int8"):
+        assert stale_status(instance, graph, "compressed_variant", variant(technique)) == StaleStatus.FRESH

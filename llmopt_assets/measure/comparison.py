@@ -30,6 +30,10 @@ from dataclasses import asdict, dataclass, field
 
 from .energy.base import EnergyMeter, EnergyReading
 
+# Bump with any change to the paired experiment (order, calibration, warm-up, what is timed):
+# Dagster then marks every comparison_run stale.
+CODE_VERSION = "1"
+
 ARMS = ("base", "variant")
 Work = Callable[[int], object]  # runs the given number of units of work (e.g. perplexity windows)
 Clock = Callable[[], float]

@@ -8,6 +8,10 @@ from transformers import PreTrainedTokenizerBase
 from llmopt_assets.paths import DATA_DIR
 
 
+# Bump with any change to how text is read and tokenized (eval_corpus, calibration_corpus):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 # WikiText-2 raw test, the canonical file; `hf_rows` turns its lines into the HF dataset's rows.
 WIKITEXT2_RAW_TEST = DATA_DIR / "wikitext-2-raw" / "wiki.test.raw"
 # The tokenized WikiText-2 valid split: held apart for calibration and distillation, never

@@ -26,6 +26,10 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel
 
+# Bump with any change to the perplexity evaluator (every perplexity_run):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 HEAD_CHUNK_TOKENS = 1024  # logits of one chunk: 1024 x vocab fp32 (200 MB for SmolLM2)
 BATCH_TOKENS = 4096  # tokens through the backbone at once: two 2048 windows, eight of 512
 

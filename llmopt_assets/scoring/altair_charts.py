@@ -22,6 +22,10 @@ from llmopt_assets.scoring.decision import ranks, pareto_front
 from llmopt_assets.scoring.opt import PRESETS
 from llmopt_assets.scoring.table import model_verdicts
 
+# Bump with any change to the charts (trade_off_charts):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 # Fits the Dagster UI's metadata pop-up (about 900 px wide) without scrolling sideways.
 PANEL_WIDTH = 380
 BAR_STEP = 9  # px per preset bar

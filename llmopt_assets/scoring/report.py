@@ -35,6 +35,10 @@ from llmopt_assets.scoring.decision import (
 )
 from llmopt_assets.scoring.paper_tables import PAPER_TABLES, PUBLISHED, paper_claims_check, paper_scores
 
+# Bump with any change to the report or its charts (decision_report):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 # The summary reads "for energy use …, for runtime …, for balance …" in that order.
 SUMMARY_PRESETS = {"energy": "For energy use", "runtime": "For runtime", "balanced": "For balance"}
 # A measured model without a published row is shown beside the paper's model of its size class.

@@ -17,6 +17,10 @@ from llmopt_assets.measure.stats import PairedRatio, paired_ratio, summarize
 from llmopt_assets.scoring.opt import PRESETS, QualityScore, opt_score, quality_penalty
 from llmopt_assets.techniques.recipe import BASE
 
+# Bump with any change to the score table (opt_scores):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 CONTROL_FAILED = "control failed: the machine is too noisy for this comparison"
 NO_CONTROL = (
     "no A/A control: the base was not compared with a second copy of itself "

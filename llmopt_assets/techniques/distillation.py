@@ -27,6 +27,10 @@ from transformers import PreTrainedModel
 
 from llmopt_assets.models.architecture import decoder_layers, model_family, set_decoder_layers
 
+# Bump with any change to the distillation algorithm (distilled_student):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 IGNORE_INDEX = -100
 Schedule = Literal["cosine", "linear", "constant"]
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "constant")

@@ -54,6 +54,10 @@ from transformers.pytorch_utils import Conv1D
 
 from llmopt_assets.models.architecture import decoder_layers, model_family
 
+# Bump with any change to head scoring, selection or removal (ah* variants):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 HEAD_SPEC_FILE = "pruned_heads.json"
 PAPER_THRESHOLDS = {"ah90": 0.9, "ah80": 0.8}
 # Query position q attends causally to q + 1 keys, so its top share is at least 1 / (q + 1)

@@ -36,6 +36,11 @@ from transformers import BitsAndBytesConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 
+# Bump with any change to how bitsandbytes quantization is applied (int8, nf4, fp4 variants):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
+
 class _HubKernelNotice(logging.Filter):
     """Catches bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community".
 

@@ -19,6 +19,10 @@ from transformers.pytorch_utils import Conv1D
 
 from llmopt_assets.models.architecture import decoder_layers
 
+# Bump with any change to SparseGPT or magnitude pruning (sparsegpt*, magnitude* variants):
+# Dagster then marks what it made stale.
+CODE_VERSION = "1"
+
 # The paper calibrates with 128 windows of 2048 tokens on a GPU. On a CPU the cost is two block
 # forwards plus one XXᵀ per linear for every calibration token (~25 MFLOP/token per SmolLM2-135M
 # block), so time grows with tokens. 32 x 512 = 16k tokens: SmolLM2-135M 2:4 took 722 CPU-seconds

@@ -18,11 +18,38 @@ from llmopt_assets.techniques import distillation, head_pruning, quantization, s
 from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe
 
+# Bump with any change to how variants and students are built here (step order, reuse, what is
+# stored); each technique module versions its own algorithm.
+CODE_VERSION = "1"
+STEP_MODULES = {
+    "distill": distillation,
+    "prune-heads": head_pruning,
+    "prune-weights": sparsegpt,
+    "quantize": quantization,
+}
 CALIBRATION_SEED = 0
 DISTILLATION_PRESETS = {
     "smoke": distillation.DistillationConfig.SMOKE,
     "paper": distillation.DistillationConfig.PAPER,
 }
+
+
+def variant_code_version() -> str:
+    """compressed_variant's code version: this module's and every technique's, e.g.
+    'build1.distill1.prune-heads1.prune-weights1.quantize1'."""
+    steps = (f"{step}{module.CODE_VERSION}" for step, module in STEP_MODULES.items())
+    return ".".join([f"build{CODE_VERSION}", *steps])
+
+
+def student_code_version() -> str:
+    """distilled_student's code version: this module's and the distillation algorithm's."""
+    return f"build{CODE_VERSION}.distill{distillation.CODE_VERSION}"
+
+
+def versioned(step: dict) -> dict:
+    """A recipe step with the code version of the technique that runs it, for the manifest:
+    weights made by another version of the code are not reused, and lineage names the version."""
+    return {**step, "code_version": STEP_MODULES[step["step"]].CODE_VERSION}
 
 
 def weights_recipe(recipe: Recipe, profile: EvaluationProfile) -> list[dict]:
@@ -37,7 +64,7 @@ def weights_recipe(recipe: Recipe, profile: EvaluationProfile) -> list[dict]:
         extra = calibration.get(step["step"])
         if step.get("method") == "magnitude":
             extra = None  # magnitude pruning reads no data
-        steps.append({**step, "calibration": {**extra, "seed": CALIBRATION_SEED}} if extra else dict(step))
+        steps.append(versioned({**step, "calibration": {**extra, "seed": CALIBRATION_SEED}} if extra else step))
     return steps
 
 
@@ -147,7 +174,7 @@ def build_student(
 def train_student(
     store: ModelStore,
     slug: str,
-    distillation: str,
+    distillation_key: str,
     profile: EvaluationProfile,
     spec: ModelSpec,
     log: Callable[[str], None] = print,
@@ -155,16 +182,16 @@ def train_student(
 ) -> Manifest:
     """Distil the stored base model into the student of a distillation recipe ('kd': forward KL,
     'kd-rkl': reverse KL), stored as the artifact of that name."""
-    if distillation not in DISTILL:
-        raise ValueError(f"unknown distillation {distillation!r}; valid: {', '.join(DISTILL)}")
-    divergence = DISTILL[distillation]["divergence"]
+    if distillation_key not in DISTILL:
+        raise ValueError(f"unknown distillation {distillation_key!r}; valid: {', '.join(DISTILL)}")
+    divergence = DISTILL[distillation_key]["divergence"]
     teacher_manifest = store.manifest(slug, BASE)
     teacher, tokenizer = load_variant(store, teacher_manifest, device=device)
     stream = load_tokens(store.corpus_path(slug, "calibration"))
     student, details = build_student(teacher, stream, profile, divergence, spec, log=log)
     return store.write_weights(
-        slug, distillation, student, tokenizer,
-        recipe=[{"step": "distill", "key": distillation, "divergence": divergence}],
+        slug, distillation_key, student, tokenizer,
+        recipe=[versioned({"step": "distill", "key": distillation_key, "divergence": divergence})],
         parent_fingerprint=teacher_manifest.fingerprint,
         details=details,
     )
@@ -226,7 +253,7 @@ def materialize_variant(
     }
     manifest = store.write_derived(
         slug, recipe.key, weights,
-        recipe=[dict(step) for step in recipe.steps],
+        recipe=[versioned(step) for step in recipe.steps],
         load={"quantization": quant["scheme"]},
         details=details,
     )

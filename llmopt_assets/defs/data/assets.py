@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from llmopt_assets.defs.partitions import model_partitions
 from llmopt_assets.defs.resources import ModelStoreResource
+from llmopt_assets.measure import corpus
 from llmopt_assets.measure.corpus import (
     EVAL_JOINER,
     WIKITEXT2_RAW_TEST,
@@ -54,6 +55,7 @@ def _tokenize_to_store(
     deps=["base_model"],
     group_name="data",
     kinds={"safetensors"},
+    code_version=corpus.CODE_VERSION,
 )
 def eval_corpus(context: dg.AssetExecutionContext, model_store: ModelStoreResource) -> dg.MaterializeResult:
     """WikiText-2 raw test split, its rows as the HF dataset holds them (whitespace-only rows
@@ -69,6 +71,7 @@ def eval_corpus(context: dg.AssetExecutionContext, model_store: ModelStoreResour
     deps=["base_model"],
     group_name="data",
     kinds={"safetensors"},
+    code_version=corpus.CODE_VERSION,
 )
 def calibration_corpus(
     context: dg.AssetExecutionContext, model_store: ModelStoreResource

@@ -18,9 +18,16 @@ from llmopt_assets.defs.resources import (
 )
 from llmopt_assets.measure.comparison import ArmRepetition, ComparisonError
 from llmopt_assets.measure.corpus import load_tokens
+from llmopt_assets.measure.hardware import hardware_fingerprint
 from llmopt_assets.measure.repetitions import RepetitionError, RepetitionProtocol
-from llmopt_assets.measure.runs import measure_comparison, measure_perplexity
+from llmopt_assets.measure.runs import (
+    COMPARISON_CODE_VERSION,
+    MEASUREMENT_CODE_VERSION,
+    measure_comparison,
+    measure_perplexity,
+)
 from llmopt_assets.measure.stats import paired_ratio
+from llmopt_assets.measure.versions import corpus_sha256, measurement_data_version
 from llmopt_assets.models.architecture import context_length
 from llmopt_assets.profiles import comparison_protocol, perplexity_protocol
 from llmopt_assets.techniques.loading import load_variant
@@ -47,6 +54,7 @@ def _measurement_failure(what: str, error: Exception, completed: int) -> dg.Fail
     group_name="measurement",
     kinds={"pytorch", "polars"},
     pool="cpu",
+    code_version=MEASUREMENT_CODE_VERSION,
 )
 def perplexity_run(
     context: dg.AssetExecutionContext,
@@ -66,6 +74,8 @@ def perplexity_run(
     model, _ = load_variant(store, manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
     protocol = perplexity_protocol(evaluation, context_length(model), compute.dtype)
     tokens = load_tokens(store.corpus_path(slug, "eval"))
+    corpus = corpus_sha256(store.corpus_path(slug, "eval"))
+    hardware = hardware_fingerprint()
     row_context = {
         "model": slug,
         "technique": technique,
@@ -75,7 +85,9 @@ def perplexity_run(
         "profile": evaluation.name,
         "device": compute.resolved_device(),
         "compute_dtype": compute.dtype,
-        "run_id": context.run_id,
+        "corpus_sha256": corpus,
+        "code_version": MEASUREMENT_CODE_VERSION,
+        "run_id": context.run.run_id,
     }
     meter = energy_meter.make()
     context.log.info(f"meter {meter.name}: {meter.probe()}")
@@ -116,8 +128,19 @@ def perplexity_run(
             "threads": dg.MetadataValue.int(threads),
             "protocol": dg.MetadataValue.json(protocol.to_dict()),
             "fingerprint": manifest.fingerprint,
+            "hardware_fingerprint": hardware,
+            "corpus_sha256": corpus or "unrecorded",
         },
-        data_version=dg.DataVersion(f"{manifest.fingerprint[:12]}-{evaluation.name}"),
+        data_version=dg.DataVersion(
+            measurement_data_version(
+                fingerprint=manifest.fingerprint,
+                corpus_sha256=corpus,
+                protocol=protocol.to_dict(),
+                profile=evaluation.to_dict(),
+                device=compute.resolved_device(),
+                hardware=hardware,
+            )
+        ),
     )
     yield dg.AssetCheckResult(
         check_name="perplexity_finite",
@@ -144,6 +167,7 @@ def _log_repetition(context: dg.AssetExecutionContext):
     group_name="measurement",
     kinds={"pytorch", "polars"},
     pool="cpu",
+    code_version=COMPARISON_CODE_VERSION,
 )
 def comparison_run(
     context: dg.AssetExecutionContext,
@@ -169,6 +193,8 @@ def comparison_run(
     variant, _ = load_variant(store, variant_manifest, dtype=dtype, device=device)
     protocol = perplexity_protocol(evaluation, context_length(base), compute.dtype)
     experiment = comparison_protocol(evaluation, seed=zlib.crc32(f"{slug}|{technique}".encode()))
+    corpus = corpus_sha256(store.corpus_path(slug, "eval"))
+    hardware = hardware_fingerprint()
     row_context = {
         "model": slug,
         "technique": technique,
@@ -180,7 +206,9 @@ def comparison_run(
         "profile": evaluation.name,
         "device": device,
         "compute_dtype": compute.dtype,
-        "run_id": context.run_id,
+        "corpus_sha256": corpus,
+        "code_version": COMPARISON_CODE_VERSION,
+        "run_id": context.run.run_id,
     }
     meter = energy_meter.make()
     context.log.info(f"meter {meter.name}: {meter.probe()}")
@@ -214,6 +242,8 @@ def comparison_run(
         "a_a_control": technique == BASE,
         "base_fingerprint": base_manifest.fingerprint,
         "fingerprint": variant_manifest.fingerprint,
+        "hardware_fingerprint": hardware,
+        "corpus_sha256": corpus or "unrecorded",
     }
     base_joules, variant_joules = result.values("base", "joules"), result.values("variant", "joules")
     if None not in base_joules + variant_joules:
@@ -224,7 +254,14 @@ def comparison_run(
         pl.DataFrame(rows, infer_schema_length=None),
         metadata=metadata,
         data_version=dg.DataVersion(
-            f"{base_manifest.fingerprint[:12]}-{variant_manifest.fingerprint[:12]}-{evaluation.name}"
+            measurement_data_version(
+                fingerprint=f"{base_manifest.fingerprint}+{variant_manifest.fingerprint}",
+                corpus_sha256=corpus,
+                protocol={**protocol.to_dict(), **experiment.to_dict()},
+                profile=evaluation.to_dict(),
+                device=device,
+                hardware=hardware,
+            )
         ),
     )
 

@@ -17,11 +17,17 @@ from llmopt_assets.defs.resources import (
     ModelRegistryResource,
     ModelStoreResource,
 )
+from llmopt_assets.models import sources
 from llmopt_assets.models.sources import load_source
 from llmopt_assets.models.store import Manifest
 from llmopt_assets.techniques.checks import CheckOutcome, variant_checks
 from llmopt_assets.techniques.recipe import BASE, parse
-from llmopt_assets.techniques.variants import materialize_variant, train_student
+from llmopt_assets.techniques.variants import (
+    materialize_variant,
+    student_code_version,
+    train_student,
+    variant_code_version,
+)
 
 
 
@@ -37,7 +43,12 @@ def manifest_metadata(manifest: Manifest) -> dict:
     }
 
 
-@dg.asset(partitions_def=model_partitions, group_name="models", kinds={"pytorch", "safetensors"})
+@dg.asset(
+    partitions_def=model_partitions,
+    group_name="models",
+    kinds={"pytorch", "safetensors"},
+    code_version=sources.CODE_VERSION,
+)
 def base_model(
     context: dg.AssetExecutionContext, registry: ModelRegistryResource, model_store: ModelStoreResource
 ) -> dg.MaterializeResult:
@@ -69,6 +80,7 @@ def base_model(
     group_name="models",
     kinds={"pytorch", "safetensors"},
     pool="cpu",
+    code_version=student_code_version(),
 )
 def distilled_student(
     context: dg.AssetExecutionContext,
@@ -114,6 +126,7 @@ VARIANT_CHECKS = [
     group_name="models",
     kinds={"pytorch", "safetensors"},
     pool="cpu",
+    code_version=variant_code_version(),
 )
 def compressed_variant(
     context: dg.AssetExecutionContext,

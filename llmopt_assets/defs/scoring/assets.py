@@ -6,12 +6,14 @@ import dagster as dg
 import polars as pl
 
 from llmopt_assets.paths import REPORTS_DIR
+from llmopt_assets.scoring.altair_charts import CODE_VERSION as CHARTS_CODE_VERSION
 from llmopt_assets.scoring.altair_charts import trade_off_chart
 from llmopt_assets.scoring.charts import markdown_table, png_markdown
+from llmopt_assets.scoring.table import CODE_VERSION as SCORES_CODE_VERSION
 from llmopt_assets.scoring.table import opt_table
 
 
-@dg.asset(group_name="scoring", kinds={"polars"})
+@dg.asset(group_name="scoring", kinds={"polars"}, code_version=SCORES_CODE_VERSION)
 def opt_scores(context: dg.AssetExecutionContext, measurements: pl.DataFrame) -> pl.DataFrame:
     """Per variant: Pc (perplexity ratio), Tc and Ec (time and energy ratios with 95% CIs and a
     Welch significance flag) against the same model's base, and opt = Pc^1.5·(α·Tc + β·Ec) for the
@@ -30,7 +32,7 @@ def opt_scores(context: dg.AssetExecutionContext, measurements: pl.DataFrame) ->
     return table
 
 
-@dg.asset(group_name="scoring", kinds={"altair"})
+@dg.asset(group_name="scoring", kinds={"altair"}, code_version=CHARTS_CODE_VERSION)
 def trade_off_charts(context: dg.AssetExecutionContext, opt_scores: pl.DataFrame) -> dg.MaterializeResult:
     """One PNG per model: opt per preset (the paper's Figs 2-4, with the opt interval from the
     Tc/Ec CIs), and quality change against energy change with CIs and the Pareto front."""

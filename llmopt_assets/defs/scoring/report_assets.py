@@ -7,6 +7,7 @@ import polars as pl
 from llmopt_assets.defs.scoring.assets import REPORTS_DIR
 from llmopt_assets.scoring.charts import png_markdown
 from llmopt_assets.scoring.decision import Constraints
+from llmopt_assets.scoring.report import CODE_VERSION as REPORT_CODE_VERSION
 from llmopt_assets.scoring.report import write_report
 
 
@@ -18,7 +19,7 @@ class DecisionReportConfig(dg.Config):
     max_benchmark_drop_points: float | None = None
 
 
-@dg.asset(group_name="scoring", kinds={"altair", "html"})
+@dg.asset(group_name="scoring", kinds={"altair", "html"}, code_version=REPORT_CODE_VERSION)
 def decision_report(
     context: dg.AssetExecutionContext,
     config: DecisionReportConfig,
