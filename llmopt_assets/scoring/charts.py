@@ -10,7 +10,8 @@ import polars as pl
 from llmopt_assets.scoring.table import model_verdicts
 
 
-def _fmt(value: object, digits: int = 3) -> str:
+def format_value(value: object, digits: int = 3) -> str:
+    """A table cell: missing (None, NaN) is n/a, never 0; floats to `digits` decimals."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):
@@ -26,7 +27,7 @@ def markdown_table(table: pl.DataFrame) -> str:
     present = [c for c in columns if c in table.columns]
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     for row in table.iter_rows(named=True):
-        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in present) + " |")
+        lines.append("| " + " | ".join(format_value(row.get(c)) for c in present) + " |")
     models = table["model"].unique(maintain_order=True).to_list() if "model" in table.columns else []
     notes = [f"- **{model}**: {verdict}" for model in models for verdict in model_verdicts(table, model)]
     return "\n".join(lines + ([""] + notes if notes else []))

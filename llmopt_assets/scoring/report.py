@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from llmopt_assets.scoring import altair_charts as charts
-from llmopt_assets.scoring.charts import png_data_uri
+from llmopt_assets.scoring.charts import format_value, png_data_uri
 from llmopt_assets.scoring.decision import (
     BASE,
     ConstraintAnswer,
@@ -67,14 +67,6 @@ def _models(table: pl.DataFrame) -> list[str]:
     return sorted(set(table["model"].to_list())) if table.height else []
 
 
-def _fmt(value: object, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
-    return str(value)
-
-
 def _change(ratio: float | None, low: float | None = None, high: float | None = None) -> str:
     """A ratio as the paper's change column (+4.86%), with its 95% interval when known."""
     if ratio is None or (isinstance(ratio, float) and math.isnan(ratio)):
@@ -87,14 +79,17 @@ def _change(ratio: float | None, low: float | None = None, high: float | None = 
 
 def _mean_ci(row: dict, prefix: str) -> str:
     """mean ± half-width of its 95% interval, to 4 and 2 significant digits (runs of 0.01 s and of
-    600 s both read right)."""
+    600 s both read right); per 1,000 tokens when the row says how many tokens a repetition ran
+    (each paired comparison calibrates its own repetition length, so raw seconds do not compare)."""
     mean = row.get(f"{prefix}_mean")
     low, high = row.get(f"{prefix}_ci95_low"), row.get(f"{prefix}_ci95_high")
     if mean is None:
         return "n/a"
+    tokens = row.get("tokens_per_repetition")
+    scale = 1000 / tokens if tokens else 1.0
     if low is None or high is None:
-        return f"{mean:.4g}"
-    return f"{mean:.4g} ± {(high - low) / 2:.2g}"
+        return f"{mean * scale:.4g}"
+    return f"{mean * scale:.4g} ± {(high - low) * scale / 2:.2g}"
 
 
 def summary_lines(table: pl.DataFrame) -> list[str]:
@@ -119,20 +114,21 @@ def _measured_table(table: pl.DataFrame, model: str) -> tuple[list[str], list[li
     rows = sorted(table.filter(pl.col("model") == model).to_dicts(), key=lambda r: (r["technique"] != BASE, r["technique"]))
     memory = memory_column(table)
     benchmarks = benchmark_columns(table)
-    header = ["Technique", "Perplexity", "Perplexity change (%)", "Runtime (s)¹", "Runtime change (%)²",
-              "Energy (J)¹", "Energy change (%)²", "opt balanced / energy / runtime"]
+    unit = " / 1k tokens" if "tokens_per_repetition" in table.columns else ""
+    header = ["Technique", "Perplexity", "Perplexity change (%)", f"Runtime (s{unit})¹", "Runtime change (%)²",
+              f"Energy (J{unit})¹", "Energy change (%)²", "opt balanced / energy / runtime"]
     header += ["Memory (MB)"] if memory else []
     header += benchmarks
     body = []
     for r in rows:
         line = [
-            r["technique"], _fmt(r.get("perplexity"), 2), _change(r.get("pc")) if r["technique"] != BASE else "-",
+            r["technique"], format_value(r.get("perplexity"), 2), _change(r.get("pc")) if r["technique"] != BASE else "-",
             _mean_ci(r, "seconds"), _change(r.get("tc"), r.get("tc_ci95_low"), r.get("tc_ci95_high")),
             _mean_ci(r, "joules"), _change(r.get("ec"), r.get("ec_ci95_low"), r.get("ec_ci95_high")),
-            " / ".join(_fmt(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),
+            " / ".join(format_value(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),
         ]
-        line += [_fmt(memory_mb(r, memory) if memory else None, 1)] if memory else []
-        line += [_fmt(r.get(b)) for b in benchmarks]
+        line += [format_value(memory_mb(r, memory) if memory else None, 1)] if memory else []
+        line += [format_value(r.get(b)) for b in benchmarks]
         body.append(line)
     return header, body
 
@@ -170,11 +166,11 @@ def _published_table(published: pl.DataFrame, model: str) -> tuple[list[str], li
     body = []
     for r in published.filter(pl.col("model") == model).to_dicts():
         body.append([
-            r["paper_label"], r["technique"], _fmt(r["perplexity"], 2),
+            r["paper_label"], r["technique"], format_value(r["perplexity"], 2),
             _printed_and_raw(r, "perplexity_change_pct", "perplexity_ratio"), f"{r['seconds_mean']:.5g}",
             _printed_and_raw(r, "runtime_change_pct", "tc"), f"{r['energy_kwh']:.5g}",
             _printed_and_raw(r, "energy_change_pct", "ec"),
-            " / ".join(_fmt(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),
+            " / ".join(format_value(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),
         ])
     return header, body
 
@@ -233,8 +229,8 @@ def build_sections(
     chart_section.blocks.append(chart_files["across-models"])
 
     claims = paper_claims_check(paper_dir, published)
-    claim_rows = [[c["section"], c["model"], c["preset"], c["claimed_best"], c["equation_best"], _fmt(c["claimed_opt"]),
-                   _fmt(c["best_opt"]), str(c["claimed_rank"]), "yes" if c["follows"] else "**no**"]
+    claim_rows = [[c["section"], c["model"], c["preset"], c["claimed_best"], c["equation_best"], format_value(c["claimed_opt"]),
+                   format_value(c["best_opt"]), str(c["claimed_rank"]), "yes" if c["follows"] else "**no**"]
                   for c in claims.to_dicts()]
     not_following = claims.filter(~pl.col("follows")).height
     paper = Section("Where the paper's recommendations do not follow from its own equation", [
