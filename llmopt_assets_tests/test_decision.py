@@ -13,6 +13,7 @@ from llmopt_assets.scoring.decision import (
     ranks,
     recommend,
     recommendations,
+    with_benchmark_scores,
 )
 
 
@@ -165,3 +166,30 @@ def test_benchmark_drop_in_points() -> None:
     assert "benchmark drop 1.1 points > 1 points" in answer.failing["quant"]
     # light: 1.01^1.5*(0.5+0.4) = 0.9135 < base 1.0
     assert answer.satisfying == ("light", "base")
+
+
+def test_benchmark_run_rows_become_score_columns_for_the_drop_constraint() -> None:
+    frame = table(row("base", 1.0, 1.0, 1.0), row("quant", 1.02, 1.1, 0.5), row("other", 1.0, 1.0, 0.9))
+    runs = pl.DataFrame({
+        "model": ["m"] * 4, "technique": ["base", "base", "quant", "quant"],
+        "benchmark": ["hellaswag", "mmlu", "hellaswag", "mmlu"], "value": [0.40, 0.26, 0.385, 0.262],
+    })
+    wide = with_benchmark_scores(frame, runs)
+    assert benchmark_columns(wide) == ["benchmark_hellaswag", "benchmark_mmlu"]
+    quant = wide.filter(pl.col("technique") == "quant").row(0, named=True)
+    assert (quant["benchmark_hellaswag"], quant["benchmark_mmlu"]) == (0.385, 0.262)
+    answer = best_under(wide, "m", Constraints(max_benchmark_drop_points=1.0))
+    # quant drops HellaSwag by 1.5 points; `other` has no benchmark run, so it cannot be checked.
+    assert "benchmark drop 1.5 points > 1 points" in answer.failing["quant"]
+    assert set(answer.unknown) == {"other"}
+    assert answer.best == "base"
+    assert with_benchmark_scores(frame, None) is frame
+
+
+def test_pareto_quality_is_the_combined_penalty_where_every_row_has_it() -> None:
+    # By perplexity alone quant (1.01) dominates bench (1.02); the combined penalty reverses it.
+    frame = table(row("base", 1.0, 1.0, 1.0, quality_penalty=1.0),
+                  row("quant", 1.01, 0.9, 0.9, quality_penalty=1.2), row("bench", 1.02, 0.9, 0.9, quality_penalty=1.1))
+    result = pareto_front(frame, "m")
+    assert result.objectives[0] == "quality_penalty"
+    assert result.dominated_by["quant"] == ("bench",)

@@ -222,7 +222,10 @@ def pareto_front(table: pl.DataFrame, model: str, candidates: Iterable[str] | No
     """The non-dominated techniques of one model over quality, time, energy and memory change
     (or over `candidates`, e.g. ("ec", "pc") for a two-axis chart)."""
     rows = _rows_of(table, model)
-    candidates = list(candidates) if candidates is not None else ["pc", "tc", "ec", memory_column(table) or ""]
+    if candidates is None:
+        # Quality: the term opt uses (perplexity and benchmarks, §3.4.1) where every row has it.
+        quality = "quality_penalty" if rows and all(_column(r, "quality_penalty") is not None for r in rows) else "pc"
+        candidates = [quality, "tc", "ec", memory_column(table) or ""]
     objectives = tuple(
         c for c in candidates if c and c in table.columns and rows and all(_column(r, c) is not None for r in rows)
     )
@@ -253,6 +256,20 @@ class Constraints:
         if self.max_benchmark_drop_points is not None:
             parts.append(f"every benchmark drop ≤ {self.max_benchmark_drop_points:g} points")
         return " and ".join(parts) or "no constraint"
+
+
+def with_benchmark_scores(table: pl.DataFrame, scores: pl.DataFrame | None) -> pl.DataFrame:
+    """The score table with one `benchmark_<name>` column per benchmark from benchmark_run rows
+    (model, technique, benchmark, value), so constraints can read score drops in points; the opt
+    table itself keeps only the per-benchmark Pc_n."""
+    if scores is None or scores.height == 0:
+        return table
+    wide = (
+        scores.select("model", "technique", ("benchmark_" + pl.col("benchmark")).alias("benchmark"), "value")
+        .pivot(on="benchmark", index=["model", "technique"], values="value", aggregate_function="mean")
+    )
+    clashing = [c for c in wide.columns if c in table.columns and c not in ("model", "technique")]
+    return table.drop(clashing).join(wide, on=["model", "technique"], how="left")
 
 
 def benchmark_columns(table: pl.DataFrame) -> list[str]:
