@@ -101,6 +101,10 @@ def test_opt_scores_cover_every_technique(project: dict) -> None:
     pruned = table.filter(pl.col("technique") == "sparsegpt-2:4").row(0, named=True)
     assert pruned["pc"] != pytest.approx(1.0, abs=1e-6)  # half the weights gone changes predictions
     assert all(table["opt_balanced"].is_not_null())
+    # Memory as loaded: 2:4 sparsity keeps dense storage (same bytes); int8 packs its linear layers.
+    size = dict(zip(table["technique"].to_list(), table["weights_bytes"].to_list()))
+    assert size["sparsegpt-2:4"] == size["base"]
+    assert size["kd+int8+ah90"] < size["kd"]
 
 
 def test_lineage_runs_from_result_to_weights(project: dict) -> None:

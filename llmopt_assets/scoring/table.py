@@ -180,6 +180,9 @@ def opt_table(measurements: pl.DataFrame) -> pl.DataFrame:
         base_perplexity = base_quality["perplexity"].mean() if base_quality.height else None
         row["perplexity"] = perplexity
         row["fingerprint"] = (variant_quality if variant_quality.height else comparison)["fingerprint"][0]
+        for column in ("weights_bytes", "parameter_count"):  # memory, for the decision report
+            if column in variant_quality.columns and variant_quality.height:
+                row[column] = variant_quality[column][0]
         if perplexity is None:
             flags.append("no perplexity run for this variant: Pc unavailable")
         elif base_perplexity is None:

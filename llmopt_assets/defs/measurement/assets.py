@@ -88,6 +88,10 @@ def perplexity_run(
         "corpus_sha256": corpus,
         "code_version": MEASUREMENT_CODE_VERSION,
         "run_id": context.run.run_id,
+        # The variant's memory as loaded (quantized weights at their packed size; pruned heads
+        # gone), for the decision's memory constraint and Pareto front.
+        "weights_bytes": model.get_memory_footprint(),
+        "parameter_count": manifest.parameter_count,
     }
     meter = energy_meter.make()
     context.log.info(f"meter {meter.name}: {meter.probe()}")
