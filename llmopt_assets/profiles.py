@@ -10,7 +10,10 @@ repetitions, each lasting at least `min_repetition_seconds` for the faster arm, 
 of at most `max_warmup_rounds` rounds (see `measure.comparison`).
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+
+
+PAPER_BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande")
 
 from llmopt_assets.measure.comparison import ComparisonProtocol
 from llmopt_assets.measure.perplexity import PerplexityProtocol
@@ -32,6 +35,13 @@ class EvaluationProfile:
     pairs: int = 30  # interleaved base/variant pairs of a comparison
     min_repetition_seconds: float = 1.0  # auto-ranging target of one repetition (pyperf/timeit)
     max_warmup_rounds: int = 10  # warm-up cap when the timing does not settle
+    # The benchmark round (measure.benchmarks): which of the paper's five, items per task (per
+    # MMLU subject, as lm-eval applies a limit; a missing name: every item), and where the tasks
+    # come from: "local" (data/, offline) or "hub" (lm-eval's official tasks, needs the network).
+    benchmarks: tuple[str, ...] = PAPER_BENCHMARKS
+    benchmark_limits: dict[str, int] = field(default_factory=dict)
+    benchmark_source: str = "local"
+    benchmark_batch_size: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +64,9 @@ PROFILES = {
         pairs=6,
         min_repetition_seconds=1.0,
         max_warmup_rounds=3,
+        # Minutes on 2 cores for one model: scores with wide error bars (see their stderr), a
+        # check that the round works, not a measurement of the paper's numbers.
+        benchmark_limits={"arc_challenge": 4, "hellaswag": 4, "mmlu": 1, "truthfulqa_mc2": 4, "winogrande": 8},
     ),
     "paper": EvaluationProfile(
         name="paper",

@@ -11,7 +11,8 @@ EXPECTED_DEPENDENCIES = {
     "perplexity_run": {"compressed_variant", "eval_corpus"},
     "comparison_run": {"compressed_variant", "base_model", "eval_corpus"},
     "measurements": {"perplexity_run", "comparison_run"},
-    "opt_scores": {"measurements"},
+    "opt_scores": {"measurements", "benchmark_run"},
+    "benchmark_run": {"compressed_variant"},
     "trade_off_charts": {"opt_scores"},
     "decision_report": {"opt_scores", "measurements"},
 }
@@ -28,9 +29,14 @@ def test_asset_graph_snapshot() -> None:
 
 def test_jobs_checks_sensor_and_schedule_are_defined() -> None:
     definitions = defs()
-    assert {job.name for job in definitions.jobs} >= {"prepare_models_job", "students_job", "variants_job", "scoring_job"}
+    assert {job.name for job in definitions.jobs} >= {
+        "prepare_models_job", "students_job", "variants_job", "benchmarks_job", "scoring_job"
+    }
     checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
-    assert checks == {"heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_finite"}
+    assert checks == {
+        "heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_finite",
+        "every_benchmark_scored", "scores_possible_for_item_count",
+    }
     assert [s.name for s in definitions.sensors] == ["model_registry_sensor"]
     assert [s.name for s in definitions.schedules] == ["weekly_rescoring"]
 

@@ -1,9 +1,8 @@
-import math
-
 import pytest
 
 from llmopt_assets.scoring.opt import (
     PRESETS,
+    BelowChanceFloor,
     QualityScore,
     opt_from_ratios,
     preset_weights,
@@ -51,8 +50,27 @@ def test_several_measurements_average_the_powered_ratios() -> None:
     assert quality_penalty(scores) == pytest.approx(1.3466452, rel=1e-6)
 
 
-def test_below_the_chance_floor_is_infinitely_bad() -> None:
-    assert math.isinf(quality_ratio(QualityScore(base=0.5, variant=0.19, higher_is_better=True, chance=0.25)))
+@pytest.mark.parametrize(
+    ("base", "variant"),
+    [
+        (0.5, 0.19),  # variant below 0.8 × 0.25 = 0.2: the ratio would be negative
+        (0.5, 0.2),  # variant exactly at the floor: division by zero
+        (0.19, 0.5),  # base below the floor: a negative numerator, a complex number after ^1.5
+        (0.2, 0.2),
+    ],
+)
+def test_at_or_below_the_chance_floor_there_is_no_ratio(base: float, variant: float) -> None:
+    score = QualityScore(base=base, variant=variant, higher_is_better=True, chance=0.25, name="arc")
+    with pytest.raises(BelowChanceFloor, match="arc: the (base|variant)'s score .* at or below 0.8 × chance"):
+        quality_ratio(score)
+    with pytest.raises(BelowChanceFloor):
+        quality_penalty([QualityScore(base=20.0, variant=22.0), score])
+
+
+def test_just_above_the_floor_is_finite() -> None:
+    # (0.30 - 0.2) / (0.201 - 0.2) = 100
+    ratio = quality_ratio(QualityScore(base=0.30, variant=0.201, higher_is_better=True, chance=0.25))
+    assert ratio == pytest.approx(100.0)
 
 
 def test_unknown_preset_is_refused() -> None:

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import torch
 
+from llmopt_assets.defs.benchmarks.assets import benchmark_run
 from llmopt_assets.defs.data.assets import calibration_corpus, eval_corpus
 from llmopt_assets.defs.measurement.assets import comparison_run, measurements, perplexity_run
 from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
@@ -27,6 +28,7 @@ from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 MODEL = "tiny-llama"
 TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4",
               "int8-dyn+ah90", "kd+bf16"]
+BENCHMARKED = ["base", "int8"]
 PREPARE = [base_model, eval_corpus, calibration_corpus]
 VARIANT = [compressed_variant, perplexity_run, comparison_run]
 SCORING = [measurements, opt_scores, trade_off_charts]
@@ -72,9 +74,25 @@ def project(tmp_path_factory) -> dict:
             VARIANT, partition_key=key, resources=resources, instance=instance,
             selection=VARIANT,
         )
-    scoring = dg.materialize([*SCORING, perplexity_run, comparison_run], resources=resources, instance=instance,
+    # The benchmark round on two variants only: the others keep the perplexity-only quality term.
+    benchmark_resources = resources | {
+        "profile": EvaluationProfileResource(
+            profile="smoke", repetitions=2, benchmarks=["arc_challenge", "winogrande"], benchmark_limit=3
+        )
+    }
+    benchmarks = {
+        technique: dg.materialize(
+            [benchmark_run], partition_key=dg.MultiPartitionKey({"model": MODEL, "technique": technique}),
+            resources=benchmark_resources, instance=instance,
+        )
+        for technique in BENCHMARKED
+    }
+    scoring = dg.materialize([*SCORING, perplexity_run, comparison_run, benchmark_run], resources=resources, instance=instance,
                              selection=SCORING)
-    return {"root": root, "results": results, "scoring": scoring, "instance": instance, "resources": resources}
+    return {
+        "root": root, "results": results, "scoring": scoring, "instance": instance, "resources": resources,
+        "benchmarks": benchmarks,
+    }
 
 
 def test_every_variant_materializes_with_passing_checks(project: dict) -> None:
@@ -100,11 +118,33 @@ def test_opt_scores_cover_every_technique(project: dict) -> None:
     assert set(table["pairs"].to_list()) == {4}
     pruned = table.filter(pl.col("technique") == "sparsegpt-2:4").row(0, named=True)
     assert pruned["pc"] != pytest.approx(1.0, abs=1e-6)  # half the weights gone changes predictions
-    assert all(table["opt_balanced"].is_not_null())
+    assert all(table["opt_balanced_perplexity"].is_not_null())
     # Memory as loaded: 2:4 sparsity keeps dense storage (same bytes); int8 packs its linear layers.
     size = dict(zip(table["technique"].to_list(), table["weights_bytes"].to_list()))
     assert size["sparsegpt-2:4"] == size["base"]
     assert size["kd+int8+ah90"] < size["kd"]
+
+
+def test_benchmark_round_scores_variants_and_widens_their_quality_term(project: dict) -> None:
+    for technique, result in project["benchmarks"].items():
+        assert result.success, technique
+        checks = result.get_asset_check_evaluations()
+        assert {c.check_name for c in checks} == {"every_benchmark_scored", "scores_possible_for_item_count"}
+        assert all(c.passed for c in checks), technique
+    rows = pl.read_parquet(Path(project["root"]) / "tables" / "benchmark_run" / f"{MODEL}__int8.parquet")
+    assert sorted(rows["benchmark"].to_list()) == ["arc_challenge", "winogrande"]
+    assert rows["items"].to_list() == [3, 3]
+    table = pl.read_parquet(Path(project["root"]) / "tables" / "opt_scores.parquet")
+    basis = dict(zip(table["technique"].to_list(), table["quality_basis"].to_list()))
+    assert basis["base"] == "perplexity" and basis["kd"] == "perplexity"
+    int8 = table.filter(pl.col("technique") == "int8").row(0, named=True)
+    if int8["quality_basis"] == "perplexity+benchmarks":
+        assert int8["opt_balanced"] == pytest.approx(
+            int8["quality_penalty_combined"] * (0.5 * int8["tc"] + 0.5 * int8["ec"])
+        )
+    else:  # a random tiny model can score at or below 0.8 × chance on 3 items: flagged, no opt
+        assert "below the chance floor" in int8["quality_basis"] and int8["opt_balanced"] is None
+    assert int8["opt_balanced_perplexity"] == pytest.approx(int8["pc"] ** 1.5 * (0.5 * int8["tc"] + 0.5 * int8["ec"]))
 
 
 def test_lineage_runs_from_result_to_weights(project: dict) -> None:

@@ -25,6 +25,12 @@ variants_job = dg.define_asset_job(
     description="Per model × technique: build the variant, measure its perplexity, compare its time "
     "and energy with the base's in one interleaved experiment (for `base`: the A/A control).",
 )
+benchmarks_job = dg.define_asset_job(
+    "benchmarks_job",
+    selection=["benchmark_run"],
+    partitions_def=variant_partitions,
+    description="Per model × technique: the lm-eval benchmark round on the variant as loaded.",
+)
 scoring_job = dg.define_asset_job(
     "scoring_job",
     selection=["measurements", "opt_scores", "trade_off_charts", "decision_report"],

@@ -11,7 +11,7 @@ from llmopt_assets.measure.runs import PowerRange
 from llmopt_assets.models.registry import ModelSpec, load_registry, resolve
 from llmopt_assets.paths import DEFAULT_REGISTRY, STORE_DIR, TABLES_DIR
 from llmopt_assets.models.store import ModelStore
-from llmopt_assets.profiles import EvaluationProfile, get_profile
+from llmopt_assets.profiles import PAPER_BENCHMARKS, EvaluationProfile, get_profile
 
 
 
@@ -86,14 +86,22 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     pairs: int | None = None
     min_repetition_seconds: float | None = None
     max_warmup_rounds: int | None = None
+    benchmarks: list[str] | None = None  # a subset of the paper's five
+    benchmark_limit: int | None = None  # the same item limit for every benchmark
+    benchmark_source: str | None = None  # local (data/) or hub
 
     def get(self) -> EvaluationProfile:
-        overrides = {
+        overrides: dict = {
             name: getattr(self, name)
             for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length", "cooldown_seconds",
-                         "pairs", "min_repetition_seconds", "max_warmup_rounds")
+                         "pairs", "min_repetition_seconds", "max_warmup_rounds",
+                         "benchmark_source")
             if getattr(self, name) is not None
         }
+        if self.benchmarks is not None:
+            overrides["benchmarks"] = tuple(self.benchmarks)
+        if self.benchmark_limit is not None:
+            overrides["benchmark_limits"] = {name: self.benchmark_limit for name in PAPER_BENCHMARKS}
         return get_profile(self.profile, **overrides)
 
 
@@ -105,6 +113,10 @@ class ModelRegistryResource(dg.ConfigurableResource):
 
     def slugs(self) -> list[str]:
         return sorted(load_registry(Path(self.path)))
+
+
+# Input metadata: an empty table, not an error, when no partition of the upstream exists.
+OPTIONAL_INPUT = "optional_input"
 
 
 class PolarsParquetIOManager(dg.ConfigurableIOManager):
@@ -135,6 +147,8 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         paths = [self._path(key, p) for p in context.asset_partition_keys]
         present = [p for p in paths if p.is_file()]
         if not present:
+            if (context.definition_metadata or {}).get(OPTIONAL_INPUT):
+                return pl.DataFrame()  # an optional table nobody has materialized yet
             raise FileNotFoundError(f"no materialized partition of {key.to_user_string()} under {self.root}")
         return pl.concat([pl.read_parquet(p) for p in present], how="diagonal_relaxed")
 

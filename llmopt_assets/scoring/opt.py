@@ -9,7 +9,6 @@ down (as written they would reward quality loss); we implement the paper's state
 - several measurements: the penalty Pc^1.5 becomes the mean of the Pc_n^1.5.
 """
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,22 +28,41 @@ class QualityScore:
     variant: float
     higher_is_better: bool = False
     chance: float = 0.0  # expected score of random answers, for higher-is-better scores
+    name: str = "perplexity"
+
+
+class BelowChanceFloor(ValueError):
+    """A higher-is-better score at or below 0.8·chance: Pc_n = (S_base − 0.8x)/(S_variant − 0.8x)
+    would be negative, infinite or undefined, so there is no quality ratio and no opt."""
+
+
+def chance_floor(chance: float) -> float:
+    return CHANCE_SAFETY * chance
 
 
 def quality_ratio(score: QualityScore) -> float:
     """Pc_n for one measurement: > 1 when the variant is worse than the base."""
     if score.higher_is_better:
-        floor = CHANCE_SAFETY * score.chance
-        if score.variant <= floor:
-            return math.inf  # at or below 0.8·chance the variant has lost everything measurable
+        floor = chance_floor(score.chance)
+        for role, value in (("base", score.base), ("variant", score.variant)):
+            if value <= floor:
+                raise BelowChanceFloor(
+                    f"{score.name}: the {role}'s score {value:.4f} is at or below 0.8 × chance "
+                    f"({floor:.4f}), where Pc_n = (S_base − 0.8x)/(S_variant − 0.8x) is undefined: no opt"
+                )
         return (score.base - floor) / (score.variant - floor)
-    if score.base <= 0:
-        raise ValueError(f"base score must be positive for a lower-is-better ratio, got {score.base}")
+    if score.base <= 0 or score.variant <= 0:
+        raise ValueError(
+            f"{score.name}: lower-is-better scores must be positive for a ratio, got base "
+            f"{score.base} and variant {score.variant}"
+        )
     return score.variant / score.base
 
 
 def quality_penalty(scores: Sequence[QualityScore]) -> float:
-    """The term that multiplies the cost: mean over measurements of Pc_n^1.5."""
+    """The term that multiplies the cost: mean over measurements of Pc_n^1.5. Raises
+    BelowChanceFloor when a higher-is-better score of the base or the variant is at or below
+    0.8·chance."""
     if not scores:
         raise ValueError("at least one quality measurement is needed")
     return sum(quality_ratio(s) ** QUALITY_EXPONENT for s in scores) / len(scores)
