@@ -8,7 +8,7 @@ import polars as pl
 from llmopt_assets.defs.partitions import variant_key, variant_partitions
 from llmopt_assets.defs.resources import ComputeResource, EvaluationProfileResource, ModelStoreResource
 from llmopt_assets.measure.benchmarks import impossible_scores, run_benchmarks
-from llmopt_assets.measure.corpus import DATA_DIR
+from llmopt_assets.paths import DATA_DIR
 
 
 @dg.asset(

@@ -32,7 +32,7 @@ MMLU_LETTERS = ("A", "B", "C", "D")
 def _data_dir(metadata: dict) -> Path:
     if metadata.get("data_dir"):
         return Path(metadata["data_dir"])
-    from llmopt_assets.measure.corpus import DATA_DIR
+    from llmopt_assets.paths import DATA_DIR
 
     return DATA_DIR
 
