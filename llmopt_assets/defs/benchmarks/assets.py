@@ -9,6 +9,7 @@ from llmopt_assets.defs.partitions import variant_key, variant_partitions
 from llmopt_assets.defs.resources import ComputeResource, EvaluationProfileResource, ModelStoreResource
 from llmopt_assets.measure.benchmarks import impossible_scores, run_benchmarks
 from llmopt_assets.paths import DATA_DIR
+from llmopt_assets.techniques.loading import load_variant
 
 
 @dg.asset(
@@ -37,7 +38,7 @@ def benchmark_run(
     store = model_store.store()
     evaluation = profile.get()
     manifest = store.manifest(slug, technique)
-    model, tokenizer = store.load(manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
+    model, tokenizer = load_variant(store, manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
     scores, failures = run_benchmarks(
         model,
         tokenizer,
