@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+# Bump with any change to how a benchmark is run or scored here or in lm_eval_tasks/: Dagster
+# then marks benchmark_run stale.
+CODE_VERSION = "1"
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 # lm-eval's default few-shot seed: shots are the same ones the harness picks by default.
 FEWSHOT_SEED = 1234

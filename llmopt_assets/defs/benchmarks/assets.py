@@ -7,7 +7,8 @@ import polars as pl
 
 from llmopt_assets.defs.partitions import variant_key, variant_partitions
 from llmopt_assets.defs.resources import ComputeResource, EvaluationProfileResource, ModelStoreResource
-from llmopt_assets.measure.benchmarks import impossible_scores, run_benchmarks
+from llmopt_assets.measure.benchmarks import CODE_VERSION, impossible_scores, run_benchmarks
+from llmopt_assets.measure.versions import measurement_data_version
 from llmopt_assets.paths import DATA_DIR
 from llmopt_assets.techniques.loading import load_variant
 
@@ -22,6 +23,7 @@ from llmopt_assets.techniques.loading import load_variant
     group_name="measurement",
     kinds={"pytorch", "polars"},
     pool="cpu",
+    code_version=CODE_VERSION,
 )
 def benchmark_run(
     context: dg.AssetExecutionContext,
@@ -76,9 +78,15 @@ def benchmark_run(
         "scores": dg.MetadataValue.json([s.to_dict() for s in scores]),
         "fingerprint": manifest.fingerprint,
     }
-    yield dg.Output(
-        table, metadata=metadata, data_version=dg.DataVersion(f"{manifest.fingerprint[:12]}-{evaluation.name}")
+    version = measurement_data_version(
+        fingerprint=manifest.fingerprint,
+        corpus_sha256=None,  # the benchmark data is named by each score's task hash
+        protocol={"lm_eval": metadata["lm_eval_version"], "task_hashes": sorted(s.task_hash for s in scores)},
+        profile=evaluation.to_dict(),
+        device=compute.resolved_device(),
+        hardware=compute.dtype,
     )
+    yield dg.Output(table, metadata=metadata, data_version=dg.DataVersion(version))
     missing = [n for n in evaluation.benchmarks if n not in {s.benchmark for s in scores}]
     yield dg.AssetCheckResult(
         check_name="every_benchmark_scored",
