@@ -17,5 +17,6 @@ demo: env  ## the main job: every technique on the embedded SmolLM2-135M, smoke 
 test: env  ## the whole test suite
 	$(PY) -m pytest -q
 
-ui: env  ## the Dagster UI over this project's runs
-	$(VENV)/bin/dagster dev -w workspace.yaml
+ui: env  ## the Dagster UI over this project's runs (pools set to this machine's devices first)
+	$(PY) -m llmopt_assets.cli pools
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dg dev

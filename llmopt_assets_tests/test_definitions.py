@@ -34,7 +34,7 @@ def test_jobs_checks_sensor_and_schedule_are_defined() -> None:
     }
     checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
     assert checks == {
-        "heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_finite",
+        "heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_plausible",
         "every_benchmark_scored", "scores_possible_for_item_count",
     }
     assert [s.name for s in definitions.sensors] == ["model_registry_sensor"]
@@ -48,3 +48,13 @@ def test_every_asset_is_documented_grouped_and_kinded() -> None:
         assert node.description, key
         assert node.group_name != "default", key
         assert node.kinds, key
+
+
+def test_every_check_is_described_and_steps_are_routed() -> None:
+    graph = defs().resolve_asset_graph()
+    for key in graph.asset_check_keys:
+        assert graph.get_check_spec(key).description, key
+    # Routing by op tags (Celery queues) and pools: building on the cpu queue, measuring on gpu.
+    job = defs().resolve_job_def("variants_job")
+    tags = {node.name: node.definition.tags.get("dagster-celery/queue") for node in job.graph.nodes}
+    assert tags["compressed_variant"] == "cpu" and tags["perplexity_run"] == "gpu"

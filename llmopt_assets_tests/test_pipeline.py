@@ -22,8 +22,9 @@ from llmopt_assets.defs.resources import (
 )
 from llmopt_assets.defs.scoring.assets import opt_scores, trade_off_charts
 from llmopt_assets.models.store import ModelStore
+from llmopt_assets.measure.corpus import WIKITEXT2_VALID
 from llmopt_assets.scoring.table import ENERGY_MIRRORS_TIME
-from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
+from llmopt_assets_tests.tiny_models import fit_briefly, tiny_model, tiny_tokenizer
 
 MODEL = "tiny-llama"
 TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4",
@@ -38,7 +39,11 @@ SCORING = [measurements, opt_scores, trade_off_charts]
 def project(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("project")
     weights = root / "tiny-llama-weights"
-    model = tiny_model("llama")
+    tokenizer = tiny_tokenizer()
+    # Trained a little so it beats a uniform guess (the perplexity_plausible check fails a model
+    # that does not), on text the evaluation never sees.
+    text = WIKITEXT2_VALID.read_text(encoding="utf-8")[20000:60000]
+    model = fit_briefly(tiny_model("llama"), torch.tensor(tokenizer(text)["input_ids"]))
     with torch.no_grad():
         # Sharpen the queries and keys so heads attend to one token each (a random model's
         # attention is diffuse): head pruning then has heads above its thresholds to remove.
@@ -46,7 +51,7 @@ def project(tmp_path_factory) -> dict:
             layer.self_attn.q_proj.weight.mul_(60.0)
             layer.self_attn.k_proj.weight.mul_(60.0)
     model.save_pretrained(weights)
-    tiny_tokenizer().save_pretrained(weights)
+    tokenizer.save_pretrained(weights)
     registry = root / "models.yaml"
     registry.write_text(f"models:\n  {MODEL}:\n    source: local\n    path: {weights}\n")
     resources = {
@@ -256,3 +261,58 @@ def test_the_energy_meter_is_closed_even_when_a_repetition_fails(project: dict, 
                             instance=project["instance"], selection=[perplexity_run], raise_on_error=False)
     assert not result.success
     assert len(closed) == 1
+
+
+def test_a_check_that_does_not_apply_is_skipped_not_passed(project: dict) -> None:
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    evaluated = {c.check_name for c in project["results"]["int8"].get_asset_check_evaluations()}
+    assert evaluated == {"modules_really_quantized", "perplexity_plausible"}
+    # The UI resolves a planned check whose run succeeded without a result as SKIPPED.
+    key = dg.AssetCheckKey(dg.AssetKey("compressed_variant"), "exact_n_m_sparsity")
+    history = project["instance"].event_log_storage.get_asset_check_execution_history(key, limit=20)
+    int8_run = project["results"]["int8"].run_id
+    (record,) = [r for r in history if r.run_id == int8_run]
+    assert record.status == AssetCheckExecutionRecordStatus.PLANNED
+    assert project["instance"].get_run_by_id(int8_run).status == dg.DagsterRunStatus.SUCCESS
+    sparse = {c.check_name: c.passed for c in project["results"]["sparsegpt-2:4"].get_asset_check_evaluations()}
+    assert sparse["exact_n_m_sparsity"] is True
+
+
+def test_a_variant_sharing_weights_says_whose(project: dict) -> None:
+    materialization = project["results"]["int8"].asset_materializations_for_node("compressed_variant")[0]
+    assert materialization.metadata["bytes_on_disk"].value == 0
+    assert materialization.metadata["weights_shared_with"].value.startswith(f"{MODEL}/base:")
+
+
+def test_a_model_over_the_memory_budget_is_refused_before_loading(project: dict, monkeypatch) -> None:
+    import llmopt_assets.defs.measurement.assets as measurement
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("weights were read although the budget was too small")
+
+    monkeypatch.setattr(measurement, "load_variant", no_load)
+    resources = {**project["resources"], "compute": ComputeResource(threads=1, memory_budget_gb=1e-6)}
+    key = dg.MultiPartitionKey({"model": MODEL, "technique": "base"})
+    result = dg.materialize([compressed_variant, perplexity_run], partition_key=key, resources=resources,
+                            instance=project["instance"], selection=[perplexity_run], raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "memory budget is 0.00 GiB" in failure.step_failure_data.error.to_string()
+
+
+def test_opt_scores_table_metadata_is_rounded_with_a_schema(project: dict) -> None:
+    materialization = project["scoring"].asset_materializations_for_node("opt_scores")[0]
+    table = materialization.metadata["scores"]
+    assert isinstance(table, dg.TableMetadataValue)
+    names = [c.name for c in table.schema.columns]
+    assert names[:4] == ["model", "technique", "perplexity", "Pc"]
+    assert all(c.description for c in table.schema.columns)
+    rows = {r.data["technique"]: r.data for r in table.records}
+    assert set(rows) == set(TECHNIQUES)
+    assert rows["base"]["Pc"] == 1.0  # the base's Tc is its A/A control: near 1, not 1 by construction
+    assert rows["base"]["A/A control"] in ("passed", "failed")
+    for row in rows.values():
+        for name in ("Pc", "Tc", "Ec", "opt balanced"):
+            assert row[name] == round(row[name], 3)
+        assert row["Tc 95% CI"] is None or row["Tc 95% CI"].startswith("[")

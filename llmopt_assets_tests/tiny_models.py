@@ -85,3 +85,19 @@ def tiny_tokenizer(text: str | None = None):
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="<s>"
     )
+
+
+def fit_briefly(model: PreTrainedModel, token_ids: torch.Tensor, steps: int = 20, seed: int = 0) -> PreTrainedModel:
+    """A few Adam steps of next-token training on `token_ids`: enough for a random tiny model to
+    beat a uniform guess over its vocabulary, as any real model does."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(token_ids) - 129, (8,), generator=generator)
+        batch = torch.stack([token_ids[s : s + 128] for s in starts])
+        loss = model(batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

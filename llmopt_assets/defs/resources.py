@@ -1,11 +1,14 @@
 """Resources: compute device, model store, energy meter, evaluation profile, registry, tables."""
 
+import logging
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import psutil
 import torch
 
+from llmopt_assets.measure.devices import DeviceChoice, check_memory_budget, choose_device, pool_for
 from llmopt_assets.measure.energy import EnergyMeter, make_meter
 from llmopt_assets.measure.runs import PowerRange
 from llmopt_assets.models.registry import ModelSpec, load_registry, resolve
@@ -16,19 +19,23 @@ from llmopt_assets.profiles import PAPER_BENCHMARKS, EvaluationProfile, get_prof
 
 
 class ComputeResource(dg.ConfigurableResource):
-    """Where and how models run: device ('auto' = CUDA when present, else CPU), compute dtype
-    for measurements, CPU threads (0 = torch's default)."""
+    """Where and how a step runs its model. The CPU executor: device='cpu'; the GPU executor:
+    device='cuda' (or 'cuda:<i>'), usually with dtype='bfloat16'. 'auto' = CUDA when present.
+    A CUDA device on a machine without one falls back to the CPU with one warning line. threads: CPU
+    threads (0 = torch's default). memory_budget_gb: what the step may use on its device (None =
+    what the device has free when the step starts); a model estimated not to fit is refused before
+    its weights are read."""
 
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    memory_budget_gb: float | None = None
+
+    def choice(self) -> DeviceChoice:
+        return choose_device(self.device, torch.cuda.device_count())
 
     def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"compute device {self.device!r} requested but no CUDA GPU is visible")
-        return self.device
+        return self.choice().device
 
     def torch_dtype(self) -> torch.dtype:
         from llmopt_assets.measure.perplexity import DTYPES
@@ -41,6 +48,33 @@ class ComputeResource(dg.ConfigurableResource):
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         return torch.get_num_threads()
+
+    def budget_bytes(self, device: str) -> int:
+        if self.memory_budget_gb is not None:
+            return int(self.memory_budget_gb * 2**30)
+        if device.startswith("cuda"):
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        return int(psutil.virtual_memory().available)
+
+    def prepare(self, log: logging.Logger | dg.DagsterLogManager, parameter_count: int, where: str) -> str:
+        """Threads set, device chosen (the fallback said once, here), memory checked: the device
+        to load on. Raises MemoryBudgetError before anything is loaded."""
+        self.apply_threads()
+        choice = self.choice()
+        if choice.fallback:
+            log.warning(f"{where}: {choice.fallback}")
+        check_memory_budget(parameter_count, self.dtype, self.budget_bytes(choice.device), where)
+        return choice.device
+
+
+# dagster-celery routes a step to the worker queue named by this op tag: start one worker per
+# queue on the machines that have that hardware (deploy/README.md).
+CELERY_QUEUE_TAG = "dagster-celery/queue"
+
+
+def device_step(kind: str) -> dict:
+    """`pool` and `op_tags` for an asset whose step wants `kind` ('cpu' or 'gpu') hardware."""
+    return {"pool": pool_for(kind, torch.cuda.device_count()), "op_tags": {CELERY_QUEUE_TAG: kind}}
 
 
 class ModelStoreResource(dg.ConfigurableResource):

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from llmopt_assets.defs.partitions import variant_key, variant_partitions
-from llmopt_assets.defs.resources import ComputeResource, EvaluationProfileResource, ModelStoreResource
+from llmopt_assets.defs.resources import ComputeResource, EvaluationProfileResource, ModelStoreResource, device_step
 from llmopt_assets.measure.benchmarks import CODE_VERSION, impossible_scores, run_benchmarks
 from llmopt_assets.measure.versions import measurement_data_version
 from llmopt_assets.paths import DATA_DIR
@@ -17,13 +17,19 @@ from llmopt_assets.techniques.loading import load_variant
     partitions_def=variant_partitions,
     deps=["compressed_variant"],
     check_specs=[
-        dg.AssetCheckSpec("every_benchmark_scored", asset="benchmark_run"),
-        dg.AssetCheckSpec("scores_possible_for_item_count", asset="benchmark_run"),
+        dg.AssetCheckSpec(
+            "every_benchmark_scored", asset="benchmark_run",
+            description="Every benchmark the profile names produced a score (a failure names its reason).",
+        ),
+        dg.AssetCheckSpec(
+            "scores_possible_for_item_count", asset="benchmark_run",
+            description="Each score is a fraction in [0, 1] and, where it counts items, a multiple of 1/items.",
+        ),
     ],
     group_name="measurement",
     kinds={"pytorch", "polars"},
-    pool="cpu",
     code_version=CODE_VERSION,
+    **device_step("gpu"),
 )
 def benchmark_run(
     context: dg.AssetExecutionContext,
@@ -35,12 +41,13 @@ def benchmark_run(
     acc_norm, mmlu 5-shot acc, truthfulqa_mc2 0-shot, winogrande 5-shot acc) on the variant as
     loaded (quantized, head-pruned), one row per benchmark: score, stderr, items, chance level,
     lm-eval and task versions, task hash, wall time and loglikelihood tokens/s."""
-    threads = compute.apply_threads()
     slug, technique = variant_key(context)
     store = model_store.store()
     evaluation = profile.get()
     manifest = store.manifest(slug, technique)
-    model, tokenizer = load_variant(store, manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
+    device = compute.prepare(context.log, manifest.parameter_count, f"{slug}|{technique}")
+    threads = compute.apply_threads()
+    model, tokenizer = load_variant(store, manifest, dtype=compute.torch_dtype(), device=device)
     scores, failures = run_benchmarks(
         model,
         tokenizer,

@@ -2,7 +2,6 @@
 comparison of each variant with its base (Tc, Ec), gathered into one table."""
 
 import json
-import math
 import zlib
 
 import dagster as dg
@@ -13,12 +12,14 @@ from llmopt_assets.defs.partitions import model_of_variant, variant_key, variant
 from llmopt_assets.defs.resources import (
     ComputeResource,
     EnergyMeterResource,
+    device_step,
     EvaluationProfileResource,
     ModelStoreResource,
 )
 from llmopt_assets.measure.comparison import ArmRepetition, ComparisonError
 from llmopt_assets.measure.corpus import load_tokens
 from llmopt_assets.measure.hardware import hardware_fingerprint
+from llmopt_assets.measure.perplexity_bounds import MAX_RATIO_TO_BASE, perplexity_verdict
 from llmopt_assets.measure.repetitions import RepetitionError, RepetitionProtocol
 from llmopt_assets.measure.runs import (
     COMPARISON_CODE_VERSION,
@@ -47,14 +48,23 @@ def _measurement_failure(what: str, error: Exception, completed: int) -> dg.Fail
     )
 
 
+PERPLEXITY_PLAUSIBLE = dg.AssetCheckSpec(
+    "perplexity_plausible",
+    asset="perplexity_run",
+    description="Fails when the perplexity is not finite or no better than a uniform guess over the "
+    "vocabulary (perplexity >= vocab size): a broken variant. Warns when it is more than "
+    f"{MAX_RATIO_TO_BASE:g}× the base's latest perplexity.",
+)
+
+
 @dg.asset(
     partitions_def=variant_partitions,
     deps=["compressed_variant", dg.AssetDep("eval_corpus", partition_mapping=model_of_variant)],
-    check_specs=[dg.AssetCheckSpec("perplexity_finite", asset="perplexity_run")],
+    check_specs=[PERPLEXITY_PLAUSIBLE],
     group_name="measurement",
     kinds={"pytorch", "polars"},
-    pool="cpu",
     code_version=MEASUREMENT_CODE_VERSION,
+    **device_step("gpu"),
 )
 def perplexity_run(
     context: dg.AssetExecutionContext,
@@ -66,12 +76,13 @@ def perplexity_run(
     """WikiText-2 perplexity of the variant: the quality measurement, evaluated once (it is
     deterministic; the profile's `repetitions` may repeat it). Its seconds and energy are kept as
     information; Tc and Ec come from `comparison_run`, never from these unpaired timings."""
-    threads = compute.apply_threads()
     slug, technique = variant_key(context)
     store = model_store.store()
     evaluation = profile.get()
     manifest = store.manifest(slug, technique)
-    model, _ = load_variant(store, manifest, dtype=compute.torch_dtype(), device=compute.resolved_device())
+    device = compute.prepare(context.log, manifest.parameter_count, f"{slug}|{technique}")
+    threads = compute.apply_threads()
+    model, _ = load_variant(store, manifest, dtype=compute.torch_dtype(), device=device)
     protocol = perplexity_protocol(evaluation, context_length(model), compute.dtype)
     tokens = load_tokens(store.corpus_path(slug, "eval"))
     corpus = corpus_sha256(store.corpus_path(slug, "eval"))
@@ -83,7 +94,7 @@ def perplexity_run(
         "parent_fingerprint": manifest.parent_fingerprint or "",
         "recipe": json.dumps(manifest.recipe),
         "profile": evaluation.name,
-        "device": compute.resolved_device(),
+        "device": device,
         "compute_dtype": compute.dtype,
         "corpus_sha256": corpus,
         "code_version": MEASUREMENT_CODE_VERSION,
@@ -146,10 +157,33 @@ def perplexity_run(
             )
         ),
     )
-    yield dg.AssetCheckResult(
-        check_name="perplexity_finite",
-        passed=all(math.isfinite(p) for p in table["perplexity"].to_list()),
-        metadata={"perplexity": dg.MetadataValue.float(perplexity)},
+    yield perplexity_plausible(context, perplexity, model.config.vocab_size, slug, technique)
+
+
+def perplexity_plausible(
+    context: dg.AssetExecutionContext, perplexity: float, vocab_size: int, slug: str, technique: str
+) -> dg.AssetCheckResult:
+    base_perplexity = None
+    if technique != BASE:
+        # The base's perplexity as the instance last recorded it (None until the base is measured).
+        base_key = dg.MultiPartitionKey({"model": slug, "technique": BASE})
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("perplexity_run"), asset_partitions=[str(base_key)]), limit=1
+        ).records
+        materialization = records[0].asset_materialization if records else None
+        value = materialization.metadata.get("perplexity") if materialization else None
+        base_perplexity = float(value.value) if value is not None else None
+    verdict = perplexity_verdict(perplexity, vocab_size, base_perplexity)
+    return dg.AssetCheckResult(
+        check_name="perplexity_plausible",
+        passed=verdict.plausible,
+        severity=dg.AssetCheckSeverity.ERROR if verdict.broken else dg.AssetCheckSeverity.WARN,
+        description="; ".join(verdict.reasons) or "finite, below the uniform guess, within bound of the base",
+        metadata={
+            "perplexity": dg.MetadataValue.float(round(perplexity, 3)),
+            "uniform_guess_perplexity": dg.MetadataValue.int(vocab_size),
+            "base_perplexity": dg.MetadataValue.float(round(base_perplexity, 3)) if base_perplexity else "not measured yet",
+        },
     )
 
 
@@ -170,8 +204,8 @@ def _log_repetition(context: dg.AssetExecutionContext):
     ],
     group_name="measurement",
     kinds={"pytorch", "polars"},
-    pool="cpu",
     code_version=COMPARISON_CODE_VERSION,
+    **device_step("gpu"),
 )
 def comparison_run(
     context: dg.AssetExecutionContext,
@@ -185,12 +219,13 @@ def comparison_run(
     the profile's minimum and warming up until the timing is stable: one row per pair and arm,
     the source of Tc and Ec. For technique `base` the variant is a second, separately loaded
     copy of the base: the A/A control, whose interval must cover 1."""
-    threads = compute.apply_threads()
     slug, technique = variant_key(context)
     store = model_store.store()
     evaluation = profile.get()
     base_manifest, variant_manifest = store.manifest(slug, BASE), store.manifest(slug, technique)
-    device, dtype = compute.resolved_device(), compute.torch_dtype()
+    both = base_manifest.parameter_count + variant_manifest.parameter_count  # two models in memory
+    device, dtype = compute.prepare(context.log, both, f"{slug}|{technique}"), compute.torch_dtype()
+    threads = compute.apply_threads()
     # Exactly two models in memory, each loaded once through the same path (for `base`, the same
     # artifact twice: the control must measure two copies, not one model against itself).
     base, _ = load_variant(store, base_manifest, dtype=dtype, device=device)

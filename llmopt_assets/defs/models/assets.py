@@ -1,5 +1,7 @@
 """Model weights: the base model, the distilled student and every compressed variant."""
 
+from pathlib import Path
+
 import dagster as dg
 
 from llmopt_assets.defs.partitions import (
@@ -13,6 +15,7 @@ from llmopt_assets.defs.partitions import (
 )
 from llmopt_assets.defs.resources import (
     ComputeResource,
+    device_step,
     EvaluationProfileResource,
     ModelRegistryResource,
     ModelStoreResource,
@@ -32,7 +35,7 @@ from llmopt_assets.techniques.variants import (
 
 
 def manifest_metadata(manifest: Manifest) -> dict:
-    return {
+    metadata = {
         "fingerprint": manifest.fingerprint,
         "parent_fingerprint": manifest.parent_fingerprint or "",
         "parameters": dg.MetadataValue.int(manifest.parameter_count),
@@ -41,6 +44,14 @@ def manifest_metadata(manifest: Manifest) -> dict:
         "load": dg.MetadataValue.json(manifest.load),
         "weights_dir": manifest.weights_dir,
     }
+    owner = "/".join(Path(manifest.weights_dir).parts[-2:])
+    if owner != f"{manifest.model}/{manifest.technique}":
+        # A derived variant (e.g. int8 = the base's weights, quantized when loaded) writes no
+        # weights of its own: its 0 bytes are counted under the artifact that holds them.
+        metadata["weights_shared_with"] = dg.MetadataValue.text(
+            f"{owner}: 0 bytes of its own; loads those weights (counted there)"
+        )
+    return metadata
 
 
 @dg.asset(
@@ -79,8 +90,8 @@ def base_model(
     ],
     group_name="models",
     kinds={"pytorch", "safetensors"},
-    pool="cpu",
     code_version=student_code_version(),
+    **device_step("gpu"),  # training: a GPU step where there is one
 )
 def distilled_student(
     context: dg.AssetExecutionContext,
@@ -93,11 +104,12 @@ def distilled_student(
     the held-apart WikiText-2 valid split, with forward KL and temperature (`kd`, the DistilGPT2
     recipe) or reverse KL (`kd-rkl`, MiniLLM-style); or the registry's published student
     (gpt2 -> distilgpt2) for `kd`, for paper parity. Only the kd* variants depend on it."""
-    compute.apply_threads()
     slug, distillation = student_key(context)
+    store = model_store.store()
+    # The teacher (the base) is in memory while the student trains.
+    device = compute.prepare(context.log, store.manifest(slug, BASE).parameter_count, f"{slug}|{distillation}")
     manifest = train_student(
-        model_store.store(), slug, distillation, profile.get(), registry.spec(slug), context.log.info,
-        device=compute.resolved_device(),
+        store, slug, distillation, profile.get(), registry.spec(slug), context.log.info, device=device,
     )
     details = manifest.details
     # A published student has no training loss of ours: the entry is left out, not 0.
@@ -109,24 +121,50 @@ def distilled_student(
 
 
 VARIANT_CHECKS = [
-    dg.AssetCheckSpec("heads_really_removed", asset="compressed_variant"),
-    dg.AssetCheckSpec("exact_n_m_sparsity", asset="compressed_variant"),
-    dg.AssetCheckSpec("modules_really_quantized", asset="compressed_variant"),
+    dg.AssetCheckSpec(
+        "heads_really_removed",
+        asset="compressed_variant",
+        description="Head-pruned variants only: at least one head removed, and the parameter count "
+        "dropped by exactly the removed heads' q/k/v/o slices (the matrices really shrank).",
+    ),
+    dg.AssetCheckSpec(
+        "exact_n_m_sparsity",
+        asset="compressed_variant",
+        description="N:M-pruned variants only (e.g. sparsegpt-2:4): every group of M consecutive "
+        "input weights of every pruned matrix holds at least N zeros, the pattern sparse kernels need.",
+    ),
+    dg.AssetCheckSpec(
+        "modules_really_quantized",
+        asset="compressed_variant",
+        description="Quantized variants only (int8, nf4, fp4): once loaded, every quantizable linear "
+        "layer is a bitsandbytes module.",
+    ),
 ]
 
 
-@dg.asset(
-    partitions_def=variant_partitions,
-    deps=[
-        dg.AssetDep("base_model", partition_mapping=model_of_variant),
-        dg.AssetDep("distilled_student", partition_mapping=student_of_variant),
-        dg.AssetDep("calibration_corpus", partition_mapping=model_of_variant),
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "compressed_variant",
+            deps=[
+                dg.AssetDep("base_model", partition_mapping=model_of_variant),
+                dg.AssetDep("distilled_student", partition_mapping=student_of_variant),
+                dg.AssetDep("calibration_corpus", partition_mapping=model_of_variant),
+            ],
+            group_name="models",
+            kinds={"pytorch", "safetensors"},
+            code_version=variant_code_version(),
+            description="The model after its technique's recipe, in a fixed order: distil (the "
+            "student), prune (attention heads, then SparseGPT / magnitude weights), quantize "
+            "(bitsandbytes, applied when the variant is loaded).",
+        )
     ],
+    partitions_def=variant_partitions,
     check_specs=VARIANT_CHECKS,
-    group_name="models",
-    kinds={"pytorch", "safetensors"},
-    pool="cpu",
-    code_version=variant_code_version(),
+    # Subsettable so that a check which does not apply to the technique yields no result: the UI
+    # then shows it as skipped (not executed), never as passed.
+    can_subset=True,
+    **device_step("cpu"),
 )
 def compressed_variant(
     context: dg.AssetExecutionContext,
@@ -134,22 +172,27 @@ def compressed_variant(
     profile: EvaluationProfileResource,
     compute: ComputeResource,
 ):
-    """The model after its technique's recipe, in a fixed order: distil (the student), prune
-    (attention heads, then SparseGPT / magnitude weights), quantize (bitsandbytes, applied when the
-    variant is loaded). Checks: heads really removed, exact 2:4 pattern, modules really quantized."""
-    compute.apply_threads()
+    """Builds the variant and checks it: heads really removed, exact N:M pattern, modules really
+    quantized, each only where the technique applies it."""
     slug, technique = variant_key(context)
     recipe = parse(technique)
     store = model_store.store()
-    manifest, details = materialize_variant(
-        store, slug, recipe, profile.get(), context.log.info, compute.resolved_device()
-    )
-    yield dg.MaterializeResult(
-        metadata={**manifest_metadata(manifest), "details": dg.MetadataValue.json(details)},
-        data_version=dg.DataVersion(manifest.fingerprint[:16]),
-    )
+    if dg.AssetKey("compressed_variant") in context.selected_asset_keys:
+        # The base is the largest model any recipe starts from (a student is smaller).
+        device = compute.prepare(context.log, store.manifest(slug, BASE).parameter_count, f"{slug}|{technique}")
+        manifest, details = materialize_variant(store, slug, recipe, profile.get(), context.log.info, device)
+        yield dg.MaterializeResult(
+            metadata={**manifest_metadata(manifest), "details": dg.MetadataValue.json(details)},
+            data_version=dg.DataVersion(manifest.fingerprint[:16]),
+        )
+    else:  # only checks selected: check the variant already in the store
+        manifest = store.manifest(slug, technique)
+        details = manifest.details
+    selected = {key.name for key in context.selected_asset_check_keys}
     for outcome in variant_checks(store, manifest, recipe, details):
-        yield check_result(outcome)
+        # A check that does not apply yields no result: the UI shows it as skipped, not passed.
+        if outcome.applies and outcome.name in selected:
+            yield check_result(outcome)
 
 
 def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
@@ -164,5 +207,5 @@ def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
             return dg.MetadataValue.float(item)
         return dg.MetadataValue.json(item)
 
-    metadata = {name: value(item) for name, item in outcome.metadata.items()} if outcome.applies else {"applies": False}
+    metadata = {name: value(item) for name, item in outcome.metadata.items()}
     return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed, metadata=metadata)

@@ -8,7 +8,7 @@ import polars as pl
 from llmopt_assets.paths import REPORTS_DIR
 from llmopt_assets.scoring.altair_charts import CODE_VERSION as CHARTS_CODE_VERSION
 from llmopt_assets.scoring.altair_charts import trade_off_chart
-from llmopt_assets.scoring.charts import markdown_table, png_markdown
+from llmopt_assets.scoring.charts import DISPLAY_COLUMNS, display_rows, markdown_table, png_markdown
 from llmopt_assets.defs.resources import OPTIONAL_INPUT
 from llmopt_assets.scoring.quality import CODE_VERSION as QUALITY_CODE_VERSION
 from llmopt_assets.scoring.quality import apply_benchmark_quality
@@ -37,7 +37,7 @@ def opt_scores(
     table.write_csv(REPORTS_DIR / "opt_scores.csv")
     context.add_output_metadata(
         {
-            "table": dg.MetadataValue.md(markdown_table(table)),
+            "scores": opt_table_metadata(table),
             "variants": dg.MetadataValue.int(table.height),
             "csv": dg.MetadataValue.path(str(REPORTS_DIR / "opt_scores.csv")),
         }
@@ -55,3 +55,13 @@ def trade_off_charts(context: dg.AssetExecutionContext, opt_scores: pl.DataFrame
     metadata: dict = {f"{model}": dg.MetadataValue.md(png_markdown(path)) for model, path in charts.items()}
     metadata["files"] = dg.MetadataValue.json({m: str(p) for m, p in charts.items()})
     return dg.MaterializeResult(metadata=metadata)
+
+
+def opt_table_metadata(table: pl.DataFrame) -> dg.TableMetadataValue:
+    """The opt-score table as Dagster table metadata: the UI renders it inline, typed and sortable."""
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name, kind, description) for name, kind, description in DISPLAY_COLUMNS]
+    )
+    records = [dg.TableRecord(row) for row in display_rows(table)]
+    return dg.MetadataValue.table(records=records, schema=schema)
+
