@@ -14,7 +14,7 @@ EXPECTED_DEPENDENCIES = {
     "opt_scores": {"measurements", "benchmark_run"},
     "benchmark_run": {"compressed_variant"},
     "trade_off_charts": {"opt_scores"},
-    "decision_report": {"opt_scores", "measurements"},
+    "decision_report": {"opt_scores", "measurements", "benchmark_run"},
 }
 
 

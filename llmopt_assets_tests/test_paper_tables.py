@@ -70,7 +70,7 @@ def test_gpt2_equation_ranks_4bit_ahead_of_kd_under_every_preset(scores: pl.Data
 
 def test_advanced_tables_fold_benchmarks_into_pc(scores: pl.DataFrame) -> None:
     minitron = scores.filter(pl.col("technique") == "mn-minitron-8b").row(0, named=True)
-    assert minitron["quality_basis"] == "benchmarks+perplexity"
+    assert minitron["quality_basis"] == "perplexity+benchmarks"
     # §3.4.1 by hand: mean over ppl and five tasks of Pc_n^1.5, chance x from benchmarks.csv.
     chance = {"arc_challenge": 0.2502, "hellaswag": 0.25, "mmlu": 0.25, "truthfulqa_mc2": 0.4484, "winogrande": 0.5}
     base = {"arc_challenge": 0.651, "hellaswag": 0.852, "mmlu": 0.690, "truthfulqa_mc2": 0.498, "winogrande": 0.822}

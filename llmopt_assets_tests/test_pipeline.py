@@ -152,6 +152,25 @@ def test_benchmark_round_scores_variants_and_widens_their_quality_term(project: 
     assert int8["opt_balanced_perplexity"] == pytest.approx(int8["pc"] ** 1.5 * (0.5 * int8["tc"] + 0.5 * int8["ec"]))
 
 
+def test_decision_report_on_the_pipeline_tables(project: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmopt_assets.defs.scoring import report_assets
+
+    monkeypatch.setattr(report_assets, "REPORTS_DIR", tmp_path)  # not the project's var/reports
+    result = dg.materialize(
+        [*SCORING, perplexity_run, comparison_run, benchmark_run, report_assets.decision_report],
+        resources=project["resources"], instance=project["instance"], selection=[report_assets.decision_report],
+        run_config={"ops": {"decision_report": {"config": {"max_memory_mb": 0.001}}}},
+    )
+    assert result.success
+    markdown = (tmp_path / "decision_report.md").read_text()
+    assert f"**{MODEL}**" in markdown and "- For energy use: **" in markdown
+    assert "Memory (MB)" in markdown and "pairs after warm-up" in markdown
+    assert "benchmark_arc_challenge" in markdown  # the scores of the benchmark round, beside Pc
+    # Every tiny variant weighs more than 1 kB: the constraint has no answer, and says so.
+    assert "nothing satisfies the constraints" in markdown
+    assert (tmp_path / "decision_report-charts" / f"{MODEL}-repetitions.png").stat().st_size > 0
+
+
 def test_lineage_runs_from_result_to_weights(project: dict) -> None:
     store = ModelStore(Path(project["root"]) / "store")
     base = store.manifest(MODEL, "base")

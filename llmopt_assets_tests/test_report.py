@@ -123,8 +123,8 @@ def test_decision_report_asset_reports_summary_constraints_and_charts(
 
     monkeypatch.setattr(report_assets, "REPORTS_DIR", tmp_path)
     result = report_assets.decision_report(
-        dg.build_asset_context(), report_assets.DecisionReportConfig(max_memory_mb=100),
-        opt_scores=scores, measurements=repetitions,
+        dg.build_asset_context(), config=report_assets.DecisionReportConfig(max_memory_mb=100),
+        opt_scores=scores, measurements=repetitions, benchmark_run=pl.DataFrame(),
     )
     metadata = result.metadata
     assert "For balance: **nf4**" in metadata["summary"].value

@@ -285,15 +285,13 @@ def benchmark_columns(table: pl.DataFrame) -> list[str]:
 
 
 def perplexity_increase_pct(row: dict, base: dict | None) -> float | None:
-    """(perplexity / base perplexity − 1)·100, from the perplexity columns; from Pc only when Pc is
-    the perplexity ratio (no `quality_basis`, or one that says perplexity)."""
+    """(perplexity / base perplexity − 1)·100, from the perplexity columns, else from Pc (the
+    perplexity ratio; the benchmark-widened term is `quality_penalty`)."""
     perplexity, base_perplexity = _column(row, "perplexity"), _column(base or {}, "perplexity")
     if perplexity is not None and base_perplexity:
         return (perplexity / base_perplexity - 1) * 100
     pc = _column(row, "pc")
-    if pc is not None and str(row.get("quality_basis") or "perplexity") == "perplexity":
-        return (pc - 1) * 100
-    return None
+    return None if pc is None else (pc - 1) * 100
 
 
 def memory_mb(row: dict, column: str | None) -> float | None:

@@ -19,7 +19,8 @@ import polars as pl
 
 from llmopt_assets.paths import DATA_DIR
 from llmopt_assets.scoring.decision import BASE, BENCHMARKS, recommend
-from llmopt_assets.scoring.opt import CHANCE_SAFETY, PRESETS, QualityScore, opt_score, quality_penalty
+from llmopt_assets.scoring.opt import PRESETS, QualityScore, chance_floor, opt_score, quality_penalty
+from llmopt_assets.scoring.quality import COMBINED_BASIS, PERPLEXITY_BASIS
 
 PAPER_TABLES = DATA_DIR / "paper_tables"
 JOULES_PER_KWH = 3.6e6
@@ -51,9 +52,8 @@ def _group_rows(group: list[dict], scores_of) -> list[dict]:
         ec = row["energy_kwh"] / base["energy_kwh"]
         scored = {
             **row,
-            "perplexity_ratio": row["perplexity"] / base["perplexity"],
-            "pc": penalty ** (2 / 3),  # the single Pc whose ^1.5 is the penalty
-            "quality_penalty": penalty,
+            "pc": row["perplexity"] / base["perplexity"],  # the perplexity ratio, as in opt_scores
+            "quality_penalty": penalty,  # what opt uses: Pc^1.5, or the §3.4.1 mean over measurements
             "tc": tc,
             "ec": ec,
             "seconds_mean": float(row["runtime_s"]),
@@ -85,7 +85,7 @@ def _undefined_benchmarks(group: list[dict], chance: dict[str, float]) -> list[s
     return [
         f"{task} ({r['paper_label']} {r[task]})"
         for r in group for task in BENCHMARKS
-        if r[task] <= CHANCE_SAFETY * chance[task]
+        if r[task] <= chance_floor(chance[task])
     ]
 
 
@@ -96,7 +96,7 @@ def paper_scores(directory: Path = PAPER_TABLES) -> pl.DataFrame:
     standalone = _read(directory, "standalone.csv").to_dicts()
     for model in dict.fromkeys(r["model"] for r in standalone):
         group = [r for r in standalone if r["model"] == model]
-        rows += [{**r, "quality_basis": "perplexity"} for r in _group_rows(group, _perplexity_only)]
+        rows += [{**r, "quality_basis": PERPLEXITY_BASIS} for r in _group_rows(group, _perplexity_only)]
     chance = chance_levels(directory)
     advanced = _read(directory, "advanced.csv").to_dicts()
     for model in dict.fromkeys(r["model"] for r in advanced):
@@ -105,10 +105,10 @@ def paper_scores(directory: Path = PAPER_TABLES) -> pl.DataFrame:
         if undefined:
             why = ("§3.4.1 ratio undefined (score ≤ 0.8 × chance): " + ", ".join(undefined)
                    + "; scored on perplexity alone")
-            rows += [{**r, "quality_basis": "perplexity", "flags": f"{PUBLISHED}; {why}"}
+            rows += [{**r, "quality_basis": PERPLEXITY_BASIS, "flags": f"{PUBLISHED}; {why}"}
                      for r in _group_rows(group, _perplexity_only)]
         else:
-            rows += [{**r, "quality_basis": "benchmarks+perplexity"}
+            rows += [{**r, "quality_basis": COMBINED_BASIS}
                      for r in _group_rows(group, _benchmark_scores(chance))]
     return pl.DataFrame(rows, infer_schema_length=None)
 

@@ -37,7 +37,7 @@ from llmopt_assets.scoring.paper_tables import PAPER_TABLES, PUBLISHED, paper_cl
 
 # Bump with any change to the report or its charts (decision_report):
 # Dagster then marks what it made stale.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
 # The summary reads "for energy use …, for runtime …, for balance …" in that order.
 SUMMARY_PRESETS = {"energy": "For energy use", "runtime": "For runtime", "balanced": "For balance"}
@@ -127,7 +127,8 @@ def _measured_table(table: pl.DataFrame, model: str) -> tuple[list[str], list[li
             _mean_ci(r, "joules"), _change(r.get("ec"), r.get("ec_ci95_low"), r.get("ec_ci95_high")),
             " / ".join(format_value(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),
         ]
-        line += [format_value(memory_mb(r, memory) if memory else None, 1)] if memory else []
+        size = memory_mb(r, memory) if memory else None
+        line += [f"{size:.4g}" if size is not None else "n/a"] if memory else []
         line += [format_value(r.get(b)) for b in benchmarks]
         body.append(line)
     return header, body
@@ -167,7 +168,7 @@ def _published_table(published: pl.DataFrame, model: str) -> tuple[list[str], li
     for r in published.filter(pl.col("model") == model).to_dicts():
         body.append([
             r["paper_label"], r["technique"], format_value(r["perplexity"], 2),
-            _printed_and_raw(r, "perplexity_change_pct", "perplexity_ratio"), f"{r['seconds_mean']:.5g}",
+            _printed_and_raw(r, "perplexity_change_pct", "pc"), f"{r['seconds_mean']:.5g}",
             _printed_and_raw(r, "runtime_change_pct", "tc"), f"{r['energy_kwh']:.5g}",
             _printed_and_raw(r, "energy_change_pct", "ec"),
             " / ".join(format_value(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),
