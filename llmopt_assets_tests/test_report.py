@@ -110,6 +110,13 @@ def test_decide_cli_answers_from_the_paper_and_says_when_nothing_fits(capsys: py
     # No published row carries a memory size: nothing can satisfy a memory limit, and it says so.
     assert decide.main(["--paper", "--model", "gpt2", "--max-memory-mb", "300"]) == 1
     assert "nothing satisfies the constraints" in capsys.readouterr().out
+    # Table 9: Sheared-LLaMA 2.7B loses 9.3 ARC points against Llama-2 (0.523 -> 0.430); MN-Minitron's
+    # largest drop is 2.2 points (HellaSwag 0.852 -> 0.830): within 3 points only Minitron qualifies.
+    assert decide.main(["--paper", "--model", "llama2-7b", "--model", "mistral-nemo-12b",
+                        "--max-benchmark-drop", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "mistral-nemo-12b, every benchmark drop ≤ 3 points, by balanced opt: mn-minitron-8b" in out
+    assert "llama2-7b, every benchmark drop ≤ 3 points, by balanced opt: base" in out
     assert decide.main(["--table", "/nonexistent/opt_scores.csv"]) == 2
     assert "materialize opt_scores" in capsys.readouterr().err
 
@@ -131,3 +138,16 @@ def test_decision_report_asset_reports_summary_constraints_and_charts(
     assert "nothing satisfies the constraints" in metadata["constraints"].value  # no memory column
     assert metadata["chart m-opt"].value.startswith("![m-opt](data:image/png;base64,")
     assert Path(metadata["html"].value).parent == tmp_path
+
+
+def test_cli_reads_the_benchmark_round_beside_the_score_table(scores: pl.DataFrame, tmp_path: Path) -> None:
+    from llmopt_assets.cli.decide import with_benchmark_runs
+
+    (tmp_path / "benchmark_run").mkdir()
+    for technique, value in (("base", 0.40), ("nf4", 0.38)):
+        pl.DataFrame({"model": ["m"], "technique": [technique], "benchmark": ["hellaswag"], "value": [value]}).write_parquet(
+            tmp_path / "benchmark_run" / f"m__{technique}.parquet")
+    table = with_benchmark_runs(scores, tmp_path)
+    assert dict(zip(table["technique"].to_list(), table["benchmark_hellaswag"].to_list())) == {
+        "base": 0.40, "nf4": 0.38, "ah90": None, "int8": None}
+    assert with_benchmark_runs(scores, tmp_path / "nothing").columns == scores.columns

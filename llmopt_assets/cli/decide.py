@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from llmopt_assets.paths import REPORTS_DIR, TABLES_DIR
-from llmopt_assets.scoring.decision import Constraints, best_under, pareto_front, recommend
+from llmopt_assets.scoring.decision import Constraints, best_under, pareto_front, recommend, with_benchmark_scores
 from llmopt_assets.scoring.opt import PRESETS
 from llmopt_assets.scoring.paper_tables import paper_scores
 
@@ -33,6 +33,14 @@ def read_scores(path: Path | None) -> pl.DataFrame:
             "(scoring_job) or run the demo first, or pass --paper for the published tables")
     newest = max(existing, key=lambda p: p.stat().st_mtime)
     return pl.read_parquet(newest) if newest.suffix == ".parquet" else pl.read_csv(newest, infer_schema_length=None)
+
+
+def with_benchmark_runs(table: pl.DataFrame, tables_dir: Path = TABLES_DIR) -> pl.DataFrame:
+    """The score table with the benchmark round's scores beside it (for --max-benchmark-drop),
+    from the benchmark_run partitions the pipeline wrote, if any."""
+    paths = sorted((tables_dir / "benchmark_run").glob("*.parquet"))
+    runs = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed") if paths else None
+    return with_benchmark_scores(table, runs)
 
 
 def add_constraint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     add_constraint_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        table = paper_scores() if args.paper else read_scores(args.table)
+        table = paper_scores() if args.paper else with_benchmark_runs(read_scores(args.table))
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from llmopt_assets.cli.decide import add_constraint_arguments, constraints_from, read_scores
+from llmopt_assets.cli.decide import add_constraint_arguments, constraints_from, read_scores, with_benchmark_runs
 from llmopt_assets.paths import REPORTS_DIR, TABLES_DIR
 from llmopt_assets.scoring.report import write_report
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     add_constraint_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        table = read_scores(args.table)
+        table = with_benchmark_runs(read_scores(args.table))
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
         return 2
