@@ -145,7 +145,7 @@ def test_constraint_query_with_no_answer_says_so() -> None:
                   row("quant", 1.03, 1.1, 0.5, perplexity=20.6, weights_bytes=150e6))
     answer = best_under(frame, "m", Constraints(max_perplexity_increase_pct=1, max_memory_mb=300))
     assert answer.best is None
-    assert "nothing satisfies the constraints" in answer.sentence()
+    assert "nothing satisfies the constraints** (e.g. base: memory 500.0 MB > 300 MB)" in answer.sentence()
     # Without a memory figure nothing can be checked, and the answer says what is missing.
     bare = table(row("base", 1.0, 1.0, 1.0, perplexity=20.0), row("quant", 1.03, 1.1, 0.5, perplexity=20.6))
     answer = best_under(bare, "m", Constraints(max_memory_mb=300))

@@ -329,6 +329,9 @@ class ConstraintAnswer:
         head = f"{self.model}, {self.constraints.describe()}, by {self.preset} opt"
         if self.best is None:
             text = f"{head}: **nothing satisfies the constraints**"
+            if self.failing:
+                technique, why = min(self.failing.items())
+                text += f" (e.g. {technique}: {why})"
             if self.unknown:
                 text += f" ({len(self.unknown)} variant(s) could not be checked: " + "; ".join(
                     f"{t}: {why}" for t, why in sorted(self.unknown.items())) + ")"
