@@ -215,7 +215,8 @@ def test_real_a_b_comparison_detects_1_3_times_the_work() -> None:
     def variant(units: int) -> None:  # the same forward passes, 13 for every 10
         forward(13 * units)
 
-    result = run_comparison(base, variant, CpuTimeMeter(), REAL)
+    # 20 pairs: on a CPU shared with other jobs a 50 ms repetition can vary by tens of percent.
+    result = run_comparison(base, variant, CpuTimeMeter(), ComparisonProtocol(**{**REAL.to_dict(), "pairs": 20}))
     time_ratio = paired_ratio(result.values("variant"), result.values("base"))
     assert time_ratio.significant and time_ratio.ci95_low > 1.0, time_ratio
-    assert 1.15 < time_ratio.ratio < 1.45, time_ratio
+    assert 1.1 < time_ratio.ratio < 1.6, time_ratio
