@@ -197,11 +197,18 @@ def train_student(
     )
 
 
-def _stored_weights(store: ModelStore, slug: str, key: str, parent: Manifest, recipe: list[dict]) -> Manifest | None:
-    """The artifact `key` if it holds exactly these weights (same parent, same recipe)."""
-    if not store.exists(slug, key):
+def _stored_weights(
+    store: ModelStore, slug: str, key: str, parent: Manifest, recipe: list[dict],
+    log: Callable[[str], None] = print,
+) -> Manifest | None:
+    """The artifact `key` if it holds exactly these weights (same parent, same recipe) and they
+    are intact; a corrupt or truncated one is rebuilt, never reused."""
+    state = store.state(slug, key)
+    if state.manifest is None:
+        if state.problem != "missing":
+            log(f"rebuilding {slug}|{key}: {state.problem}")
         return None
-    existing = store.manifest(slug, key)
+    existing = state.manifest
     same = existing.parent_fingerprint == parent.fingerprint and existing.recipe == recipe
     return existing if same else None
 
@@ -225,7 +232,7 @@ def materialize_variant(
     parent = store.manifest(slug, recipe.parent_key)
     steps = weights_recipe(recipe, profile)
     prunes = recipe.step("prune-heads") or recipe.step("prune-weights")
-    weights = parent if not prunes else _stored_weights(store, slug, recipe.weights_key, parent, steps)
+    weights = parent if not prunes else _stored_weights(store, slug, recipe.weights_key, parent, steps, log)
     if weights is None:
         model, tokenizer = load_variant(store, parent)
         outcome = prune(model, recipe, load_tokens(store.corpus_path(slug, "calibration")), profile, log)
