@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("llmopt_assets.cli.demo", "run every technique on a model (smoke profile) and print the scores"),
     "decide": ("llmopt_assets.cli.decide", "which technique to use, how surely, and the best under constraints"),
+    "doctor": ("llmopt_assets.cli.doctor", "find (and with --repair fix) store leftovers, corrupt artifacts, leaked pool slots"),
     "report": ("llmopt_assets.cli.report", "write the decision report (markdown + self-contained HTML) to var/reports"),
     "pools": ("llmopt_assets.cli.pools", "set the cpu/gpu pool limits of the instance to this machine's devices"),
 }

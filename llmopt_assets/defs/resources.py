@@ -11,6 +11,7 @@ import torch
 from llmopt_assets.measure.devices import DeviceChoice, check_memory_budget, choose_device, pool_for
 from llmopt_assets.measure.energy import EnergyMeter, make_meter
 from llmopt_assets.measure.runs import PowerRange
+from llmopt_assets.models.keys import inside, partition_file_stem
 from llmopt_assets.models.registry import ModelSpec, load_registry, resolve
 from llmopt_assets.paths import DEFAULT_REGISTRY, STORE_DIR, TABLES_DIR
 from llmopt_assets.models.store import ModelStore
@@ -163,7 +164,8 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         base = Path(self.root).joinpath(*asset_key.path)
         if partition is None:
             return base.with_suffix(".parquet")
-        return base / f"{partition.replace('|', '__')}.parquet"
+        # A partition key becomes a file name only if it is a key ('../../x' is refused).
+        return inside(Path(self.root), base / f"{partition_file_stem(partition)}.parquet")
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         partition = context.partition_key if context.has_partition_key else None

@@ -7,9 +7,14 @@ chart in the reports; `../../x`, '' or 'a/b' must never reach a path join.
 import re
 from pathlib import Path
 
-MODEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")  # as models.yaml slugs (registry.SLUG)
+# One path component: starts with a letter or digit, and an underscore is never doubled nor last,
+# so "__" can join the parts of a multi-dimensional key into one file name without ambiguity.
+_PART = r"[a-z0-9](?:[a-z0-9.:+-]|_(?=[a-z0-9.:+-]))*"
+MODEL_SLUG = re.compile(rf"(?=[a-z0-9._-]{{1,63}}$){_PART}")  # models.yaml slugs, path-safe
 # Technique keys and the store's weights keys: 'kd+int8+ah90', 'sparsegpt-2:4', 'kd-rkl'.
-TECHNIQUE_KEY = re.compile(r"^[a-z0-9][a-z0-9.:+_-]{0,127}$")
+TECHNIQUE_KEY = re.compile(rf"(?=.{{1,128}}$){_PART}")
+PARTITION_PART = re.compile(rf"(?=.{{1,128}}$){_PART}")
+PARTITION_JOINER = "__"  # "model|technique" -> "model__technique" in file names
 
 
 class InvalidKeyError(ValueError):
@@ -19,8 +24,8 @@ class InvalidKeyError(ValueError):
 def check_model_slug(value: object) -> str:
     if not isinstance(value, str) or not MODEL_SLUG.fullmatch(value):
         raise InvalidKeyError(
-            f"model key {value!r} is not a model slug (1-63 of lowercase letters, digits, '.', '_', "
-            "'-', starting with a letter or digit): add the model to models.yaml and use its slug"
+            f"model key {value!r} is not a model slug (1-63 of lowercase letters, digits, '.', '-', "
+            "single '_', starting with a letter or digit): add the model to models.yaml and use its slug"
         )
     return value
 
@@ -28,10 +33,23 @@ def check_model_slug(value: object) -> str:
 def check_technique_key(value: object) -> str:
     if not isinstance(value, str) or not TECHNIQUE_KEY.fullmatch(value):
         raise InvalidKeyError(
-            f"technique key {value!r} is not a technique key (lowercase letters, digits and "
-            "'.:+_-', starting with a letter or digit)"
+            f"technique key {value!r} is not a technique key (lowercase letters, digits, '.:+-' and "
+            "single '_', starting with a letter or digit)"
         )
     return value
+
+
+def partition_file_stem(partition_key: str) -> str:
+    """A file name for a (multi-)partition key: 'gpt2|int8' -> 'gpt2__int8'; one-to-one, and
+    never a path: any other key is refused."""
+    parts = partition_key.split("|") if isinstance(partition_key, str) else [partition_key]
+    bad = [part for part in parts if not isinstance(part, str) or not PARTITION_PART.fullmatch(part)]
+    if bad:
+        raise InvalidKeyError(
+            f"partition key {partition_key!r} cannot name a file: {bad[0]!r} is not a key (lowercase "
+            "letters, digits, '.:+-' and single '_', starting with a letter or digit)"
+        )
+    return PARTITION_JOINER.join(parts)
 
 
 def inside(root: Path, path: Path) -> Path:

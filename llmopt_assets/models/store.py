@@ -240,7 +240,7 @@ class ModelStore:
 
     def _commit(self, model: str, technique: str, fill: Callable[[Path], Manifest]) -> Manifest:
         """Build an artifact in a staging directory, then publish it with one pointer swap."""
-        pointer = self.artifact_dir(model, technique)
+        self.artifact_dir(model, technique)  # refuse a bad key before building anything
         self.remove_orphan_staging()
         staging = self.root / STAGING / f"{os.getpid()}-{uuid.uuid4().hex}"
         staging.mkdir(parents=True)
@@ -254,13 +254,25 @@ class ModelStore:
                 version = versions / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
                 staging.rename(version)
                 self._migrate_plain_directory(model, technique)
-                link = pointer.parent / f".{technique}.{uuid.uuid4().hex}{POINTER_SUFFIX}"
-                os.symlink(os.path.relpath(version, pointer.parent), link)
-                os.replace(link, pointer)  # the commit: one atomic rename
-                self._remove_unreferenced(model, technique)
+                self.repoint(model, technique, version)
             return manifest
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def repoint(self, model: str, technique: str, version: Path | None) -> None:
+        """Point the artifact at `version` (None: remove the artifact), then remove the versions
+        it no longer names. Call holding the artifact's lock."""
+        pointer = self.artifact_dir(model, technique)
+        if version is None:
+            if pointer.is_symlink() or pointer.is_file():
+                pointer.unlink()
+            elif pointer.is_dir():
+                shutil.rmtree(pointer)
+        else:
+            link = pointer.parent / f".{technique}.{uuid.uuid4().hex}{POINTER_SUFFIX}"
+            os.symlink(os.path.relpath(version, pointer.parent), link)
+            os.replace(link, pointer)  # the commit: one atomic rename
+        self._remove_unreferenced(model, technique)
 
     def _migrate_plain_directory(self, model: str, technique: str) -> None:
         """An artifact written before versioned commits is a plain directory; move it under

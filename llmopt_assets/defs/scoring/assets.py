@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from llmopt_assets.models.keys import check_model_slug
 from llmopt_assets.paths import REPORTS_DIR
 from llmopt_assets.scoring.altair_charts import CODE_VERSION as CHARTS_CODE_VERSION
 from llmopt_assets.scoring.altair_charts import trade_off_chart
@@ -51,7 +52,8 @@ def trade_off_charts(context: dg.AssetExecutionContext, opt_scores: pl.DataFrame
     Tc/Ec CIs), and quality change against energy change with CIs and the Pareto front."""
     charts: dict[str, Path] = {}
     for model in sorted(set(opt_scores["model"].to_list())):
-        charts[model] = trade_off_chart(opt_scores, model, REPORTS_DIR / f"{model}-trade-offs.png")
+        # A model key names a file here: a slug only, never a path ('../x' is refused).
+        charts[model] = trade_off_chart(opt_scores, model, REPORTS_DIR / f"{check_model_slug(model)}-trade-offs.png")
     metadata: dict = {f"{model}": dg.MetadataValue.md(png_markdown(path)) for model, path in charts.items()}
     metadata["files"] = dg.MetadataValue.json({m: str(p) for m, p in charts.items()})
     return dg.MaterializeResult(metadata=metadata)
