@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from llmopt_assets.defs.partitions import model_partitions, student_partitions, variant_partitions
-from llmopt_assets.models.registry import load_registry
+from llmopt_assets.models.registry import read_registry
 from llmopt_assets.paths import DEFAULT_REGISTRY
 
 prepare_models_job = dg.define_asset_job(
@@ -47,10 +47,13 @@ rebenchmark_schedule = dg.ScheduleDefinition(
 
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def model_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """Adds every model slug listed in models.yaml as a `model` partition."""
+    """Adds every model slug listed in models.yaml as a `model` partition; a malformed entry is
+    reported (and skipped) without keeping the good ones out."""
     known = set(context.instance.get_dynamic_partitions(model_partitions.name))
-    listed = set(load_registry(Path(DEFAULT_REGISTRY)))
-    new = sorted(listed - known)
+    reading = read_registry(Path(DEFAULT_REGISTRY))
+    for problem in reading.problems.values():
+        context.log.warning(f"models.yaml entry skipped: {problem}")
+    new = sorted(set(reading.specs) - known)
     return dg.SensorResult(
         dynamic_partitions_requests=[model_partitions.build_add_request(new)] if new else []
     )

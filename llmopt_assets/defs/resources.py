@@ -114,6 +114,7 @@ class EvaluationProfileResource(dg.ConfigurableResource):
 
     profile: str = "smoke"
     repetitions: int | None = None
+    max_length: int | None = None  # perplexity window (capped by the model's context)
     max_tokens: int | None = None
     sparsegpt_samples: int | None = None
     sparsegpt_length: int | None = None
@@ -128,8 +129,8 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     def get(self) -> EvaluationProfile:
         overrides: dict = {
             name: getattr(self, name)
-            for name in ("repetitions", "max_tokens", "sparsegpt_samples", "sparsegpt_length", "cooldown_seconds",
-                         "pairs", "min_repetition_seconds", "max_warmup_rounds",
+            for name in ("repetitions", "max_length", "max_tokens", "sparsegpt_samples", "sparsegpt_length",
+                         "cooldown_seconds", "pairs", "min_repetition_seconds", "max_warmup_rounds",
                          "benchmark_source")
             if getattr(self, name) is not None
         }

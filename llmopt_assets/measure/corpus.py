@@ -20,6 +20,10 @@ WIKITEXT2_VALID = DATA_DIR / "wikitext-2" / "valid.txt"
 
 CORPORA = {"wikitext2": WIKITEXT2_RAW_TEST}
 EVAL_JOINER = "\n\n"
+# A corpus shorter than one full perplexity window of the paper's protocol (2048 tokens) is a
+# mistake (a truncated or wrong file: WikiText-2 test and valid are ~250k tokens each), and one
+# that would replace the good corpus and then fail every measurement: refused before writing.
+MIN_CORPUS_TOKENS = 2048
 
 
 def hf_rows(path: Path) -> list[str]:
@@ -31,8 +35,11 @@ def hf_rows(path: Path) -> list[str]:
     """
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    with path.open(encoding="utf-8") as lines:
-        return [line if line.strip() else "" for line in lines]
+    try:
+        with path.open(encoding="utf-8") as lines:
+            return [line if line.strip() else "" for line in lines]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus file {path} is not UTF-8 text: {error}") from error
 
 
 def corpus_text(path: Path, joiner: str = EVAL_JOINER) -> str:
@@ -49,7 +56,10 @@ def file_text(path: Path) -> str:
     tokenizes its calibration split this way)."""
     if not path.is_file():
         raise FileNotFoundError(f"corpus file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"corpus file {path} is not UTF-8 text: {error}") from error
     if not text.strip():
         raise ValueError(f"corpus {path} is empty: no text to calibrate on")
     return text
@@ -70,6 +80,15 @@ def tokenize_stream(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tens
     if len(stream) < 2:
         raise ValueError(f"the corpus tokenizes to {len(stream)} token(s): at least 2 are needed")
     return stream
+
+
+def check_corpus_size(stream: torch.Tensor, source: Path, minimum: int = MIN_CORPUS_TOKENS) -> None:
+    """Refuse a corpus too short to measure on, before it replaces the stored one."""
+    if len(stream) < minimum:
+        raise ValueError(
+            f"corpus {source} tokenizes to {len(stream)} tokens, fewer than {minimum} (one full "
+            "perplexity window): refused, the stored corpus is left as it was"
+        )
 
 
 def calibration_windows(
@@ -96,8 +115,15 @@ def save_tokens(path: Path, stream: torch.Tensor, metadata: dict[str, str]) -> N
 
 
 def load_tokens(path: Path) -> torch.Tensor:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise FileNotFoundError(f"token file {path} does not exist: materialize the corpus asset first")
-    return load_file(str(path))["input_ids"]
+    try:
+        return load_file(str(path))["input_ids"]
+    except (SafetensorError, OSError, KeyError) as error:
+        raise ValueError(
+            f"token file {path} is unreadable ({error!r}): rematerialize the corpus asset"
+        ) from error
+

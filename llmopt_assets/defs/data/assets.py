@@ -13,6 +13,7 @@ from llmopt_assets.measure.corpus import (
     EVAL_JOINER,
     WIKITEXT2_RAW_TEST,
     WIKITEXT2_VALID,
+    check_corpus_size,
     corpus_text,
     file_text,
     save_tokens,
@@ -34,6 +35,7 @@ def _tokenize_to_store(
     tokenizer_dir = store.weights_path(store.manifest(slug, "base"))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     stream = tokenize_stream(tokenizer, text)
+    check_corpus_size(stream, source)
     path = store.corpus_path(slug, corpus)
     text_sha = hashlib.sha256(text.encode()).hexdigest()
     save_tokens(path, stream, {"source": source.name, "joiner": joiner, "text_sha256": text_sha})
