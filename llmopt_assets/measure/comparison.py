@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from .energy.base import EnergyMeter, EnergyReading
+from .interference import Interference, InterferenceMonitor
 
 # Bump with any change to the paired experiment (order, calibration, warm-up, what is timed):
 # Dagster then marks every comparison_run stale.
@@ -102,6 +103,7 @@ class ArmRepetition:
     position: int  # 0-based place in the run order
     seconds: float
     energy: EnergyReading
+    interference: Interference | None = None  # other processes' load during it (None: unmonitored)
 
 
 @dataclass(frozen=True)
@@ -174,13 +176,16 @@ def run_comparison(
     clock: Clock = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
     on_repetition: Callable[[ArmRepetition], None] | None = None,
+    monitor: InterferenceMonitor | None = None,
 ) -> ComparisonResult:
     """Calibrate, warm up, then measure ``protocol.pairs`` interleaved pairs.
 
     Each measured repetition: optional cooldown, meter.start(), the clock around exactly the
     work, meter.stop(). An arm that raises stops the experiment with ``ComparisonError`` (the
-    meter stopped, the completed repetitions kept).
+    meter stopped, the completed repetitions kept). Around each (outside the clock and the meter)
+    ``monitor`` measures other processes' CPU load, so a pair that shared the machine is flagged.
     """
+    monitor = monitor or InterferenceMonitor()
     arms = {"base": base, "variant": variant}
     try:
         calibration = calibrate_and_warm_up(arms, protocol, clock)
@@ -190,6 +195,7 @@ def run_comparison(
     for position, (pair, arm) in enumerate(arm_schedule(protocol.pairs, protocol.seed)):
         if protocol.cooldown_seconds:
             sleep(protocol.cooldown_seconds)
+        monitor.start()
         meter.start()
         try:
             seconds = _timed(arms[arm], calibration.units, clock)
@@ -199,7 +205,8 @@ def run_comparison(
             raise ComparisonError(
                 f"{arm} repetition of pair {pair} failed after {len(completed)} completed: {error!r}", completed
             ) from error
-        repetition = ArmRepetition(pair, arm, position, seconds, meter.stop())
+        energy = meter.stop()
+        repetition = ArmRepetition(pair, arm, position, seconds, energy, monitor.stop())
         completed.append(repetition)
         if on_repetition is not None:
             on_repetition(repetition)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .energy.base import EnergyMeter, EnergyReading
+from .interference import Interference, InterferenceMonitor
 
 T = TypeVar("T")
 
@@ -34,6 +35,7 @@ class Repetition(Generic[T]):
     value: T  # what the workload returned (e.g. a perplexity)
     seconds: float  # wall time of exactly the workload call
     energy: EnergyReading
+    interference: Interference | None = None  # other processes' load during it (None: unmonitored)
 
 
 class RepetitionError(RuntimeError):
@@ -51,14 +53,18 @@ def run_repetitions(
     protocol: RepetitionProtocol,
     *,
     on_repetition: Callable[[Repetition[T]], None] | None = None,
+    monitor: InterferenceMonitor | None = None,
 ) -> list[Repetition[T]]:
     """Run ``protocol.warmup`` unmeasured calls, then ``protocol.repetitions`` measured ones.
 
     Each measured call: optional cooldown, meter.start(), perf_counter around exactly the
     call, meter.stop(). The meter is stopped even if the call raises; the error is re-raised
     as ``RepetitionError`` carrying the completed repetitions. A warm-up failure has
-    ``failed_index = -1`` and no completed runs.
+    ``failed_index = -1`` and no completed runs. Around each measured call (outside the timed
+    and metered region) ``monitor`` samples the CPU time of other processes, so a repetition
+    that shared the machine is flagged (a default monitor when none is given).
     """
+    monitor = monitor or InterferenceMonitor()
     for _ in range(protocol.warmup):
         try:
             workload()
@@ -68,6 +74,7 @@ def run_repetitions(
     for index in range(protocol.repetitions):
         if protocol.cooldown_seconds:
             time.sleep(protocol.cooldown_seconds)
+        monitor.start()
         meter.start()
         try:
             t0 = time.perf_counter()
@@ -81,7 +88,8 @@ def run_repetitions(
                 completed,
                 index,
             ) from error
-        repetition = Repetition(index, value, seconds, meter.stop())
+        energy = meter.stop()
+        repetition = Repetition(index, value, seconds, energy, monitor.stop())
         completed.append(repetition)
         if on_repetition is not None:
             on_repetition(repetition)

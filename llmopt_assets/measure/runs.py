@@ -14,6 +14,7 @@ from llmopt_assets.measure.comparison import CODE_VERSION as PAIRED_CODE_VERSION
 from llmopt_assets.measure.comparison import ArmRepetition, ComparisonProtocol, ComparisonResult, Work, run_comparison
 from llmopt_assets.measure.energy import EnergyMeter, EnergyReading, power_flags
 from llmopt_assets.measure.hardware import hardware_info
+from llmopt_assets.measure.interference import Interference
 from llmopt_assets.measure.perplexity import CODE_VERSION as PERPLEXITY_CODE_VERSION
 from llmopt_assets.measure.perplexity import (
     PerplexityProtocol,
@@ -53,6 +54,17 @@ def energy_columns(energy: EnergyReading, power: PowerRange) -> dict:
     }
 
 
+def interference_columns(interference: Interference | None) -> dict:
+    """Other processes' load during a repetition, as row columns (None: not monitored)."""
+    if interference is None:
+        return {"other_process_cores": None, "load_average_1m": None, "interference_flags": ""}
+    return {
+        "other_process_cores": interference.other_cores,
+        "load_average_1m": interference.load_average_1m,
+        "interference_flags": interference.flag,
+    }
+
+
 def repetition_row(repetition: Repetition, context: dict, power: PowerRange = PowerRange()) -> dict:
     """One measured repetition as a flat table row (JSON strings for nested records)."""
     result: PerplexityResult = repetition.value
@@ -66,6 +78,7 @@ def repetition_row(repetition: Repetition, context: dict, power: PowerRange = Po
         "seconds": repetition.seconds,
         "tokens_per_second": result.scored_tokens / repetition.seconds,
         **energy_columns(repetition.energy, power),
+        **interference_columns(repetition.interference),
     }
 
 
@@ -146,7 +159,7 @@ def comparison_rows(result: ComparisonResult, context: dict, tokens_per_unit: in
     }
     return [
         {**shared, "pair": r.pair, "arm": r.arm, "position": r.position, "seconds": r.seconds,
-         **energy_columns(r.energy, power)}
+         **energy_columns(r.energy, power), **interference_columns(r.interference)}
         for r in result.repetitions
     ]
 

@@ -13,7 +13,7 @@ _PART = r"[a-z0-9](?:[a-z0-9.:+-]|_(?=[a-z0-9.:+-]))*"
 MODEL_SLUG = re.compile(rf"(?=[a-z0-9._-]{{1,63}}$){_PART}")  # models.yaml slugs, path-safe
 # Technique keys and the store's weights keys: 'kd+int8+ah90', 'sparsegpt-2:4', 'kd-rkl'.
 TECHNIQUE_KEY = re.compile(rf"(?=.{{1,128}}$){_PART}")
-PARTITION_PART = re.compile(rf"(?=.{{1,128}}$){_PART}")
+PARTITION_PART = TECHNIQUE_KEY  # any dimension's key: as permissive as a technique key, no more
 PARTITION_JOINER = "__"  # "model|technique" -> "model__technique" in file names
 
 
@@ -21,34 +21,31 @@ class InvalidKeyError(ValueError):
     """A partition key that is not a model slug / technique key (and so never a path)."""
 
 
-def check_model_slug(value: object) -> str:
-    if not isinstance(value, str) or not MODEL_SLUG.fullmatch(value):
-        raise InvalidKeyError(
-            f"model key {value!r} is not a model slug (1-63 of lowercase letters, digits, '.', '-', "
-            "single '_', starting with a letter or digit): add the model to models.yaml and use its slug"
-        )
+KEY_CHARACTERS = "lowercase letters, digits, '.:+-' and single '_', starting with a letter or digit"
+
+
+def _checked(value: object, pattern: re.Pattern, refusal: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidKeyError(refusal)
     return value
+
+
+def check_model_slug(value: object) -> str:
+    return _checked(value, MODEL_SLUG, f"model key {value!r} is not a model slug (1-63 {KEY_CHARACTERS}, no "
+                    "':' or '+'): add the model to models.yaml and use its slug")
 
 
 def check_technique_key(value: object) -> str:
-    if not isinstance(value, str) or not TECHNIQUE_KEY.fullmatch(value):
-        raise InvalidKeyError(
-            f"technique key {value!r} is not a technique key (lowercase letters, digits, '.:+-' and "
-            "single '_', starting with a letter or digit)"
-        )
-    return value
+    return _checked(value, TECHNIQUE_KEY, f"technique key {value!r} is not a technique key ({KEY_CHARACTERS})")
 
 
 def partition_file_stem(partition_key: str) -> str:
     """A file name for a (multi-)partition key: 'gpt2|int8' -> 'gpt2__int8'; one-to-one, and
     never a path: any other key is refused."""
     parts = partition_key.split("|") if isinstance(partition_key, str) else [partition_key]
-    bad = [part for part in parts if not isinstance(part, str) or not PARTITION_PART.fullmatch(part)]
-    if bad:
-        raise InvalidKeyError(
-            f"partition key {partition_key!r} cannot name a file: {bad[0]!r} is not a key (lowercase "
-            "letters, digits, '.:+-' and single '_', starting with a letter or digit)"
-        )
+    for part in parts:
+        _checked(part, PARTITION_PART, f"partition key {partition_key!r} cannot name a file: {part!r} is not a "
+                 f"key ({KEY_CHARACTERS})")
     return PARTITION_JOINER.join(parts)
 
 

@@ -96,7 +96,19 @@ def comparison_flags(comparison: pl.DataFrame) -> list[str]:
     if not all(comparison["reached_min_repetition_seconds"].to_list()):
         flags.append("repetitions shorter than the minimum: the work is too small to time well")
     flags.extend(sorted({f for f in comparison["energy_flags"].to_list() if f}))
+    flags.extend(concurrent_load_flag(comparison))
     return flags
+
+
+def concurrent_load_flag(rows: pl.DataFrame) -> list[str]:
+    """One flag when other processes loaded the machine during some of these repetitions."""
+    if "interference_flags" not in rows.columns:
+        return []
+    loaded = [c for c, f in zip(rows["other_process_cores"].to_list(), rows["interference_flags"].to_list()) if f]
+    if not loaded:
+        return []
+    return [f"measured under concurrent load in {len(loaded)} of {rows.height} repetitions (other processes "
+            f"up to {max(loaded):.2f} cores): time and energy are not the variant's alone"]
 
 
 def _time_energy_columns(comparison: pl.DataFrame) -> dict:
