@@ -20,6 +20,7 @@ from llmopt_assets.models.store import (
     ModelStore,
     StaleArtifactError,
 )
+from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets_tests.store_writer import commit
 from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
@@ -155,7 +156,7 @@ def test_derived_artifact_refuses_replaced_parent_weights(tmp_path: Path) -> Non
     with pytest.raises(StaleArtifactError, match=r"tiny\|int8 was derived from weights sha256 .* rematerialize"):
         store.verify(derived)
     with pytest.raises(StaleArtifactError):
-        store.load(derived)
+        load_variant(store, derived)
     state = store.state("tiny", "int8")
     assert state.manifest is None and "derived from" in state.problem
 
@@ -194,7 +195,7 @@ def test_keys_that_are_not_single_path_components_are_refused(tmp_path: Path, mo
 def test_weights_loaded_through_the_pointer_are_the_committed_ones(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     manifest = _write(store, seed=3)
-    model, _ = store.load(manifest)
+    model, _ = load_variant(store, manifest)
     reference = tiny_model("gpt2", seed=3)
     for (name, loaded), expected in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(loaded, expected), name
