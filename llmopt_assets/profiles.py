@@ -42,6 +42,9 @@ class EvaluationProfile:
     benchmark_limits: dict[str, int] = field(default_factory=dict)
     benchmark_source: str = "local"
     benchmark_batch_size: int = 4
+    # How head pruning measures "a single token receives most of the attention" (§3.1); see
+    # techniques/head_pruning.py: "single-key-share" (the literal reading) or "per-query-max".
+    head_criterion: str = "single-key-share"  # HEAD_CRITERIA[0]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,12 +91,19 @@ PROFILES = {
 }
 
 DEFAULT_MAX_LENGTH = 2048
+# Head-pruning criteria (techniques/head_pruning.py), the literal reading of §3.1 first.
+HEAD_CRITERIA = ("single-key-share", "per-query-max")
 
 
 def get_profile(name: str, **overrides: object) -> EvaluationProfile:
     if name not in PROFILES:
         raise ValueError(f"unknown evaluation profile {name!r}; profiles: {', '.join(PROFILES)}")
-    return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+    profile = replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+    if profile.head_criterion not in HEAD_CRITERIA:
+        raise ValueError(
+            f"unknown head-pruning criterion {profile.head_criterion!r}; criteria: {', '.join(HEAD_CRITERIA)}"
+        )
+    return profile
 
 
 def window_length(profile: EvaluationProfile, model_context: int) -> int:

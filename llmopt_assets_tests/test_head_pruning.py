@@ -7,15 +7,19 @@ from torch import nn
 from llmopt_assets.models.architecture import decoder_layers
 from llmopt_assets.techniques.head_pruning import (
     HEAD_SPEC_FILE,
+    PER_QUERY_MAX,
+    SINGLE_KEY_SHARE,
     head_attention_concentration,
     heads_per_layer,
     load_head_pruned,
+    per_query_max,
     pruned_head_spec,
     read_head_spec,
     remove_heads,
     removed_parameter_count,
     save_head_spec,
     select_heads_to_prune,
+    single_key_share,
 )
 from llmopt_assets_tests.tiny_models import random_token_ids, tiny_model
 
@@ -132,35 +136,109 @@ def test_head_spec_round_trip(tmp_path: Path) -> None:
     assert read_head_spec(tmp_path) == {1: [1], 3: [0, 2]}
 
 
-def slow_concentration(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, first_query: int) -> torch.Tensor:
-    with torch.no_grad():
-        attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
-    result = torch.zeros(len(attentions), N_HEADS)
+def slow_per_query_max(attentions: list[torch.Tensor], mask: torch.Tensor, first_query: int) -> torch.Tensor:
+    result = torch.zeros(len(attentions), attentions[0].shape[1])
     for layer in range(len(attentions)):
-        for head in range(N_HEADS):
+        for head in range(attentions[0].shape[1]):
             shares = []
-            for sentence in range(ids.shape[0]):
-                for query in range(first_query, ids.shape[1]):
+            for sentence in range(mask.shape[0]):
+                for query in range(first_query, mask.shape[1]):
                     if mask[sentence, query]:
                         shares.append(max(attentions[layer][sentence, head, query].tolist()))
             result[layer, head] = sum(shares) / len(shares)
     return result
 
 
-def test_concentration_matches_slow_loop(arch: str) -> None:
+def slow_single_key_share(attentions: list[torch.Tensor], mask: torch.Tensor, first_query: int) -> torch.Tensor:
+    """Per sentence: for each real key, the mean weight it gets from the counted queries that
+    see it (at least `first_query` of them); the best key's mean; then the mean over sentences."""
+    result = torch.zeros(len(attentions), attentions[0].shape[1])
+    length = mask.shape[1]
+    for layer in range(len(attentions)):
+        for head in range(attentions[0].shape[1]):
+            per_sentence = []
+            for sentence in range(mask.shape[0]):
+                best = None
+                for key in range(length):
+                    viewers = [
+                        q for q in range(max(key, first_query), length) if mask[sentence, q]
+                    ]
+                    if not mask[sentence, key] or len(viewers) < first_query:
+                        continue
+                    share = sum(float(attentions[layer][sentence, head, q, key]) for q in viewers) / len(viewers)
+                    best = share if best is None else max(best, share)
+                if best is not None:
+                    per_sentence.append(best)
+            result[layer, head] = sum(per_sentence) / len(per_sentence)
+    return result
+
+
+SLOW_CRITERIA = {PER_QUERY_MAX: slow_per_query_max, SINGLE_KEY_SHARE: slow_single_key_share}
+
+
+@pytest.mark.parametrize("criterion", [PER_QUERY_MAX, SINGLE_KEY_SHARE])
+def test_concentration_matches_slow_loop(arch: str, criterion: str) -> None:
     ids = random_token_ids(3, 14, seed=1)
     mask = torch.ones_like(ids)
     mask[1, 10:] = 0  # right padding: its queries are not counted
     model = tiny_model(arch, attn_implementation="eager")
-    expected = slow_concentration(model, ids, mask, first_query=5)
+    with torch.no_grad():
+        attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    expected = SLOW_CRITERIA[criterion](attentions, mask, first_query=5)
 
     sdpa_model = tiny_model(arch, attn_implementation="sdpa")
     measured = head_attention_concentration(
-        sdpa_model, ids, batch_size=2, attention_mask=mask, min_query_position=5
+        sdpa_model, ids, batch_size=2, attention_mask=mask, min_query_position=5, criterion=criterion
     )
     assert sdpa_model.config._attn_implementation == "sdpa"  # restored after the measurement
     assert measured.shape == (4, N_HEADS)
     torch.testing.assert_close(measured, expected, atol=1e-5, rtol=0)
+
+
+def hand_made_attention(length: int) -> torch.Tensor:
+    """[1 sentence, 3 heads, length, length] causal attention rows, each summing to 1:
+    head 0 a sink (every query on token 0), head 1 previous-token (query q on q − 1; query 0 on
+    itself), head 2 uniform over the keys each query sees."""
+    weights = torch.zeros(1, 3, length, length, dtype=torch.float64)
+    weights[0, 0, :, 0] = 1.0
+    weights[0, 1, 0, 0] = 1.0
+    for query in range(1, length):
+        weights[0, 1, query, query - 1] = 1.0
+    for query in range(length):
+        weights[0, 2, query, : query + 1] = 1.0 / (query + 1)
+    return weights
+
+
+def test_literal_criterion_keeps_a_previous_token_head_and_prunes_a_sink() -> None:
+    length, first_query = 32, 8
+    attentions = [hand_made_attention(length)]
+    mask = torch.ones(1, length, dtype=torch.long)
+    literal = slow_single_key_share(attentions, mask, first_query)[0]
+    per_query = slow_per_query_max(attentions, mask, first_query)[0]
+    # by hand: the sink's token 0 gets all of every query's attention; the previous-token head
+    # gives key k one query's weight among the 32 − k that see it, at most 1/8 (k = 24, the last
+    # key seen by 8 counted queries); uniform: key 8 gets mean 1/(q+1) over q = 8..31
+    uniform_key_8 = sum(1 / (q + 1) for q in range(8, 32)) / 24
+    torch.testing.assert_close(literal, torch.tensor([1.0, 1 / 8, uniform_key_8]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        per_query, torch.tensor([1.0, 1.0, sum(1 / (q + 1) for q in range(8, 32)) / 24]), atol=1e-6, rtol=0
+    )
+    weights = attentions[0]
+    counted = torch.zeros(1, length, dtype=torch.float64)
+    counted[:, first_query:] = 1.0
+    sums, sentences = single_key_share(weights, counted, mask.to(torch.float64), first_query)
+    torch.testing.assert_close((sums / sentences).float(), literal, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        (per_query_max(weights, counted) / (length - first_query)).float(), per_query, atol=1e-6, rtol=0
+    )
+    for threshold in (0.9, 0.8):
+        assert select_heads_to_prune(literal[None], threshold) == {0: [0]}  # the sink only
+        assert select_heads_to_prune(per_query[None], threshold) == {0: [0, 1]}  # and previous-token
+
+
+def test_unknown_criterion_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown head-pruning criterion 'max'.*single-key-share"):
+        head_attention_concentration(tiny_model("gpt2"), random_token_ids(1, 12), criterion="max")
 
 
 def test_head_forced_onto_first_token_is_concentrated_and_selected() -> None:
@@ -205,3 +283,11 @@ def test_select_heads_to_prune_by_hand() -> None:
     for threshold in (0.0, 0.5, 0.9):
         selected = select_heads_to_prune(concentration, threshold)
         assert all(len(removed) < N_HEADS for removed in selected.values())
+
+
+def test_profile_refuses_an_unknown_criterion() -> None:
+    from llmopt_assets.profiles import get_profile
+
+    assert get_profile("paper").head_criterion == SINGLE_KEY_SHARE  # the literal reading by default
+    with pytest.raises(ValueError, match="unknown head-pruning criterion 'top'"):
+        get_profile("smoke", head_criterion="top")

@@ -59,7 +59,12 @@ def project(tmp_path_factory) -> dict:
         "model_store": ModelStoreResource(root=str(root / "store")),
         "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
         # Comparisons of 4 pairs of ≥ 20 ms repetitions: the tiny model's windows take ~1 ms.
-        "profile": EvaluationProfileResource(profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02),
+        # The sharpened heads are sharp on a different key from each query, which only the
+        # per-query-max criterion prunes (the literal single-key-share one is tested on its own in
+        # test_head_pruning); choosing it here also runs the criterion option end to end.
+        "profile": EvaluationProfileResource(
+            profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02, head_criterion="per-query-max"
+        ),
         "energy_meter": EnergyMeterResource(meter="cpu-time"),
         "compute": ComputeResource(threads=1),
     }
@@ -180,6 +185,9 @@ def test_lineage_runs_from_result_to_weights(project: dict) -> None:
     pruned_weights = store.manifest_at(store.root / variant.weights_dir)
     assert pruned_weights.parent_fingerprint == student.fingerprint
     assert variant.load == {"quantization": "int8"}
+    heads_step = next(step for step in pruned_weights.recipe if step["step"] == "prune-heads")
+    assert heads_step["criterion"] == "per-query-max"  # the profile's choice, in the recipe
+    assert pruned_weights.details["prune-heads"]["criterion"] == "per-query-max"
     rows = pl.read_parquet(Path(project["root"]) / "tables" / "measurements.parquet")
     row = rows.filter(pl.col("technique") == "kd+int8+ah90").row(0, named=True)
     assert row["fingerprint"] == variant.fingerprint

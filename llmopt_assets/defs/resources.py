@@ -125,13 +125,14 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     benchmarks: list[str] | None = None  # a subset of the paper's five
     benchmark_limit: int | None = None  # the same item limit for every benchmark
     benchmark_source: str | None = None  # local (data/) or hub
+    head_criterion: str | None = None  # single-key-share (the paper read literally) or per-query-max
 
     def get(self) -> EvaluationProfile:
         overrides: dict = {
             name: getattr(self, name)
             for name in ("repetitions", "max_length", "max_tokens", "sparsegpt_samples", "sparsegpt_length",
                          "cooldown_seconds", "pairs", "min_repetition_seconds", "max_warmup_rounds",
-                         "benchmark_source")
+                         "benchmark_source", "head_criterion")
             if getattr(self, name) is not None
         }
         if self.benchmarks is not None:

@@ -2,8 +2,18 @@
 
 Selection, in the paper's words: "If a single token receives most of the attention, the head
 likely does not contain any important connections and can safely be pruned", with thresholds of
-90% and 80%. `head_attention_concentration` measures, per head, the share of attention its
-single most-attended key receives; `select_heads_to_prune` picks the heads above a threshold.
+90% and 80%, "a single token receiving over 90% of attention". `head_attention_concentration`
+measures that per head under a named criterion (recorded in the recipe and the manifest):
+
+- `single-key-share` (the default, the paper's words read literally): the largest share of the
+  head's attention that ONE key token receives, averaged over the queries that can see that
+  key. A sink head (every query on token 0) scores ~1; a previous-token or induction head,
+  sharp but on a different key from each query, scores low and is kept.
+- `per-query-max` (our first reading, kept as an alternative): the mean over queries of each
+  query's largest weight, whichever key it falls on. It also prunes sharply focused positional
+  heads (previous-token, induction), which the paper's wording does not.
+
+`select_heads_to_prune` picks the heads above a threshold.
 
 Removal (`remove_heads`) slices the projection matrices, so a pruned model has fewer parameters
 and does less work; nothing is masked. transformers 5 dropped `prune_heads`, hence this code.
@@ -53,6 +63,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from llmopt_assets.models.architecture import decoder_layers, model_family
+from llmopt_assets.profiles import HEAD_CRITERIA
 
 # Bump with any change to head scoring, selection or removal (ah* variants):
 # Dagster then marks what it made stale.
@@ -65,6 +76,11 @@ PAPER_THRESHOLDS = {"ah90": 0.9, "ah80": 0.8}
 # this trivial concentration does not make heads look prunable: from position 8 the floor is
 # 1/9, far below the paper's 80% and 90% thresholds.
 DEFAULT_MIN_QUERY_POSITION = 8
+# The criteria `head_attention_concentration` can measure (see the module docstring); the
+# profiles name them without importing this module.
+SINGLE_KEY_SHARE, PER_QUERY_MAX = HEAD_CRITERIA
+CRITERIA = HEAD_CRITERIA
+DEFAULT_CRITERION = SINGLE_KEY_SHARE
 
 HeadSpec = dict[int, list[int]]
 
@@ -111,6 +127,40 @@ def eager_attention(model: PreTrainedModel) -> Iterator[None]:
             model.set_attn_implementation(previous)
 
 
+def check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown head-pruning criterion {criterion!r}; criteria: {', '.join(CRITERIA)}")
+
+
+def per_query_max(attentions: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """Per-query-max sums: Σ over counted queries of each query's largest weight, [heads].
+
+    attentions: [batch, heads, queries, keys]; counted: [batch, queries] (fp64, 1 = counted).
+    """
+    return torch.einsum("bhq,bq->h", attentions.amax(dim=-1), counted)
+
+
+def single_key_share(
+    attentions: torch.Tensor, counted: torch.Tensor, key_mask: torch.Tensor, min_viewers: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-key-share sums over sentences, [heads], and how many sentences counted.
+
+    For sentence s, head h and key k, the share k receives is the mean of attention(s, h, q, k)
+    over the counted queries q that can see k (q >= k: causal). A sentence's score for h is the
+    largest share over its keys. Keys seen by fewer than `min_viewers` counted queries are left
+    out, as the first queries are (DEFAULT_MIN_QUERY_POSITION): a key seen by a single query
+    would make any head attending to itself look concentrated.
+    """
+    n_queries, n_keys = attentions.shape[-2:]
+    visible = torch.tril(torch.ones(n_queries, n_keys, dtype=counted.dtype, device=counted.device))
+    received = torch.einsum("bhqk,bq->bhk", attentions, counted)
+    viewers = torch.einsum("bq,qk->bk", counted, visible) * key_mask
+    eligible = viewers >= min_viewers  # [batch, keys]
+    share = torch.where(eligible[:, None, :], received / viewers.clamp(min=1)[:, None, :], -1.0)
+    scored = eligible.any(dim=-1)  # sentences with at least one eligible key
+    return share.amax(dim=-1)[scored].sum(dim=0), int(scored.sum())
+
+
 @torch.no_grad()
 def head_attention_concentration(
     model: PreTrainedModel,
@@ -118,15 +168,16 @@ def head_attention_concentration(
     batch_size: int = 4,
     attention_mask: torch.Tensor | None = None,
     min_query_position: int = DEFAULT_MIN_QUERY_POSITION,
+    criterion: str = DEFAULT_CRITERION,
 ) -> torch.Tensor:
     """How much each head's attention goes to a single key, shape [n_layers, n_heads].
 
-    The statistic: for a sentence s, head h and query position q, let
-    top(s, h, q) = max over keys k of attention(s, h, q, k), the share of that query's
-    attention taken by its single most-attended key (which key may differ between queries).
-    The concentration of h is the mean of top(s, h, q) over all pairs (s, q) pooled together,
-    where q >= `min_query_position` (the first queries see only a few keys, so their attention
-    is trivially concentrated; see DEFAULT_MIN_QUERY_POSITION) and q is not padding.
+    `single-key-share` (default): per sentence, the largest mean attention one key receives
+    from the counted queries that see it (keys seen by fewer than `min_query_position` counted
+    queries left out), averaged over sentences. `per-query-max`: for sentence s, head h and
+    query q, top(s, h, q) = max over keys of attention(s, h, q, k), pooled over all counted
+    (s, q) pairs. Counted queries: q >= `min_query_position` (the first queries see only a few
+    keys, so their attention is trivially concentrated) and q is not padding.
 
     Padding: `attention_mask` ([n_sentences, length], 1 = real token) marks padding; padded
     query positions are left out and the model masks padded keys itself. Positions are counted
@@ -137,6 +188,7 @@ def head_attention_concentration(
     for the measurement (sdpa returns no attention weights) and switched back afterwards.
     Every layer must have the same number of heads (an unpruned model).
     """
+    check_criterion(criterion)
     heads = heads_per_layer(model)
     if len(set(heads)) != 1:
         raise ValueError(f"concentration needs the same head count in every layer, got {heads}")
@@ -150,8 +202,8 @@ def head_attention_concentration(
     if attention_mask is None:
         attention_mask = torch.ones_like(calibration_ids)
     device = next(model.parameters()).device
-    top_share_sums = torch.zeros(len(heads), heads[0], dtype=torch.float64)
-    n_queries = 0
+    sums = torch.zeros(len(heads), heads[0], dtype=torch.float64)
+    n_counted = 0
     was_training = model.training
     model.eval()
     with eager_attention(model):
@@ -165,13 +217,20 @@ def head_attention_concentration(
             counted[:, :min_query_position] = False
             counted_f = counted.to(torch.float64)
             for layer_index, attentions in enumerate(outputs.attentions):
-                top_share = attentions.to(torch.float64).amax(dim=-1)  # [batch, heads, queries]
-                top_share_sums[layer_index] += torch.einsum("bhq,bq->h", top_share, counted_f).cpu()
-            n_queries += int(counted.sum())
+                weights = attentions.to(torch.float64)
+                if criterion == PER_QUERY_MAX:
+                    sums[layer_index] += per_query_max(weights, counted_f).cpu()
+                else:
+                    layer_sums, sentences = single_key_share(
+                        weights, counted_f, mask.to(torch.float64), min_query_position
+                    )
+                    sums[layer_index] += layer_sums.cpu()
+            # per-query-max averages over counted queries, single-key-share over sentences
+            n_counted += int(counted.sum()) if criterion == PER_QUERY_MAX else sentences
     model.train(was_training)
-    if n_queries == 0:
+    if n_counted == 0:
         raise ValueError("no query position was counted (all padding or too short)")
-    return (top_share_sums / n_queries).to(torch.float32)
+    return (sums / n_counted).to(torch.float32)
 
 
 def select_heads_to_prune(concentration: torch.Tensor, threshold: float) -> HeadSpec:

@@ -64,6 +64,8 @@ def weights_recipe(recipe: Recipe, profile: EvaluationProfile) -> list[dict]:
         extra = calibration.get(step["step"])
         if step.get("method") == "magnitude":
             extra = None  # magnitude pruning reads no data
+        if step["step"] == "prune-heads":
+            step = {**step, "criterion": profile.head_criterion}
         steps.append(versioned({**step, "calibration": {**extra, "seed": CALIBRATION_SEED}} if extra else step))
     return steps
 
@@ -91,16 +93,22 @@ def prune(
             profile.head_calibration_length,
             seed=CALIBRATION_SEED,
         )
-        concentration = head_pruning.head_attention_concentration(model, calibration)
+        concentration = head_pruning.head_attention_concentration(
+            model, calibration, criterion=profile.head_criterion
+        )
         heads = head_pruning.select_heads_to_prune(concentration, heads_step["threshold"])
         before = sum(p.numel() for p in model.parameters())
         head_pruning.remove_heads(model, heads)
         after = sum(p.numel() for p in model.parameters())
         removed = sum(len(v) for v in heads.values())
-        log(f"head pruning > {heads_step['threshold']:.0%}: removed {removed} heads, {before - after} parameters")
+        log(
+            f"head pruning ({profile.head_criterion}) > {heads_step['threshold']:.0%}: "
+            f"removed {removed} heads, {before - after} parameters"
+        )
         outcome.heads = heads
         outcome.details["prune-heads"] = {
             "threshold": heads_step["threshold"],
+            "criterion": profile.head_criterion,
             "heads_removed": removed,
             "heads_removed_per_layer": {str(k): v for k, v in sorted(heads.items())},
             "heads_per_layer_after": head_pruning.heads_per_layer(model),
