@@ -31,6 +31,11 @@ class EvaluationProfile:
     sparsegpt_samples: int
     sparsegpt_length: int
     distillation: str  # DistillationConfig preset name
+    # What students train on (techniques/distillation_data.py): "teacher-samples" (offline,
+    # sequence-level KD), "hf:<path>[:<config>]:<split>" (streamed), or "wikitext2-valid" (the
+    # evaluation domain: on purpose only); and how many tokens of it (validation slice included).
+    distillation_data: str = "teacher-samples"
+    distillation_tokens: int = 4096
     cooldown_seconds: float = 0.0  # idle pause before each measured repetition (thermal settling)
     pairs: int = 30  # interleaved base/variant pairs of a comparison
     min_repetition_seconds: float = 1.0  # auto-ranging target of one repetition (pyperf/timeit)
@@ -84,6 +89,8 @@ PROFILES = {
         sparsegpt_samples=32,
         sparsegpt_length=512,
         distillation="paper",
+        # 4 epochs of the paper preset's 164M planned tokens: a GPU job when sampled from the teacher
+        distillation_tokens=41_000_000,
         pairs=30,
         min_repetition_seconds=1.0,
         max_warmup_rounds=10,

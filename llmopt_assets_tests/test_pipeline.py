@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmopt_assets.defs.benchmarks.assets import benchmark_run
-from llmopt_assets.defs.data.assets import calibration_corpus, eval_corpus
+from llmopt_assets.defs.data.assets import calibration_corpus, distillation_corpus, eval_corpus
 from llmopt_assets.defs.measurement.assets import comparison_run, measurements, perplexity_run
 from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
 from llmopt_assets.defs.resources import (
@@ -30,7 +30,7 @@ MODEL = "tiny-llama"
 TECHNIQUES = ["base", "int8", "nf4+ah80", "kd", "kd+int8+ah90", "kd-rkl", "sparsegpt-2:4", "magnitude-2:4",
               "int8-dyn+ah90", "kd+bf16"]
 BENCHMARKED = ["base", "int8"]
-PREPARE = [base_model, eval_corpus, calibration_corpus]
+PREPARE = [base_model, eval_corpus, calibration_corpus, distillation_corpus]
 VARIANT = [compressed_variant, perplexity_run, comparison_run]
 SCORING = [measurements, opt_scores, trade_off_charts]
 

@@ -10,7 +10,7 @@ from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
-from llmopt_assets.defs.data.assets import calibration_corpus
+from llmopt_assets.defs.data.assets import calibration_corpus, distillation_corpus
 from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
 import llmopt_assets.techniques.variants as variants
 from llmopt_assets.techniques import head_pruning
@@ -23,7 +23,7 @@ from llmopt_assets.defs.resources import (
 from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
 MODEL = "tiny-gpt2"
-ASSETS = [base_model, calibration_corpus, distilled_student, compressed_variant]
+ASSETS = [base_model, calibration_corpus, distillation_corpus, distilled_student, compressed_variant]
 VARIANTS = ["base", "int8", "kd+int8"]
 
 
@@ -57,6 +57,7 @@ def pipeline(tmp_path_factory) -> dict:
 
     materialize(base_model, MODEL)
     materialize(calibration_corpus, MODEL)
+    materialize(distillation_corpus, MODEL)
     materialize(distilled_student, STUDENT)
     for technique in VARIANTS:
         materialize(compressed_variant, variant(technique))
@@ -76,11 +77,12 @@ def test_everything_is_fresh_after_a_first_materialization(pipeline: dict) -> No
 
 def test_retraining_the_student_makes_only_its_variants_stale(pipeline: dict) -> None:
     # Distillation is seeded: retraining from the same base gives the same weights and nothing
-    # changes. Three more steps change the student, as a new recipe or corpus would.
+    # changes. A higher learning rate changes the student, as a new recipe or corpus would (more
+    # steps might not: early stopping may keep the same best weights).
     instance = pipeline["instance"]
     smoke = variants.DISTILLATION_PRESETS["smoke"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(variants.DISTILLATION_PRESETS, "smoke", dataclasses.replace(smoke, steps=smoke.steps + 3))
+        patch.setitem(variants.DISTILLATION_PRESETS, "smoke", dataclasses.replace(smoke, learning_rate=2 * smoke.learning_rate))
         pipeline["materialize"](distilled_student, STUDENT)
     assert stale_status(instance, ASSETS, "compressed_variant", variant("base")) == StaleStatus.FRESH
     assert stale_status(instance, ASSETS, "compressed_variant", variant("int8")) == StaleStatus.FRESH
@@ -99,7 +101,7 @@ def test_a_code_version_bump_makes_the_asset_stale(pipeline: dict) -> None:
         patch.setattr(head_pruning, "CODE_VERSION", "2")
         bumped = variants.variant_code_version()
     assert bumped != compressed_variant.code_versions_by_key[compressed_variant.key]
-    graph = [base_model, calibration_corpus, distilled_student, with_code_version(compressed_variant, bumped)]
+    graph = [base_model, calibration_corpus, distillation_corpus, distilled_student, with_code_version(compressed_variant, bumped)]
     resolver = CachingStaleStatusResolver(instance, AssetGraph.from_assets(graph), LoadingContextForTest(instance))
     # Code versions are per asset: every variant is stale, and Dagster says why.
     for technique in VARIANTS:
@@ -113,7 +115,7 @@ def test_a_student_code_bump_leaves_the_undistilled_variants_fresh(pipeline: dic
     # status down to its children (they turn stale once the retrained student's data version
     # changes, as the retrain test shows), and never to a variant that does not read a student.
     instance = pipeline["instance"]
-    graph = [base_model, calibration_corpus, with_code_version(distilled_student, "bumped"), compressed_variant]
+    graph = [base_model, calibration_corpus, distillation_corpus, with_code_version(distilled_student, "bumped"), compressed_variant]
     assert stale_status(instance, graph, "distilled_student", STUDENT) == StaleStatus.STALE
     for technique in ("base", "int8"):
         assert stale_status(instance, graph, "compressed_variant", variant(technique)) == StaleStatus.FRESH

@@ -10,8 +10,9 @@ from llmopt_assets.paths import DEFAULT_REGISTRY
 
 prepare_models_job = dg.define_asset_job(
     "prepare_models_job",
-    selection=["base_model", "eval_corpus", "calibration_corpus"],
-    description="Per model: base weights into the store, tokenized corpora.",
+    selection=["base_model", "eval_corpus", "calibration_corpus", "distillation_corpus"],
+    description="Per model: base weights into the store, tokenized corpora (evaluation, calibration, "
+    "the students' training text).",
 )
 students_job = dg.define_asset_job(
     "students_job",

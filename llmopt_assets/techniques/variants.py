@@ -14,7 +14,7 @@ from llmopt_assets.models.architecture import context_length, decoder_layers
 from llmopt_assets.models.registry import ModelSpec
 from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.profiles import EvaluationProfile
-from llmopt_assets.techniques import distillation, head_pruning, quantization, sparsegpt
+from llmopt_assets.techniques import distillation, distillation_data, head_pruning, quantization, sparsegpt
 from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe
 
@@ -28,10 +28,7 @@ STEP_MODULES = {
     "quantize": quantization,
 }
 CALIBRATION_SEED = 0
-DISTILLATION_PRESETS = {
-    "smoke": distillation.DistillationConfig.SMOKE,
-    "paper": distillation.DistillationConfig.PAPER,
-}
+DISTILLATION_PRESETS = distillation.PRESETS
 
 
 def variant_code_version() -> str:
@@ -160,6 +157,9 @@ def build_student(
     kept = distillation.default_kept_layers(len(decoder_layers(teacher)))
     student = distillation.init_student(teacher, kept)
     blocks = distillation.pack_blocks(stream, config.block_length)
+    train_blocks, validation_blocks = distillation_data.split_validation(blocks, config.validation_fraction)
+    planned = config.steps * config.batch_size * config.block_length
+    epochs = distillation_data.check_epochs(planned, train_blocks.numel(), config.max_epochs)
 
     def report(progress: distillation.DistillProgress) -> None:
         log(
@@ -168,9 +168,14 @@ def build_student(
             f"ETA {progress.eta_seconds:.0f} s"
         )
 
-    result = distillation.distill(teacher, student, blocks, config, log=report)
+    result = distillation.distill(
+        teacher, student, train_blocks, config, log=report, validation_blocks=validation_blocks
+    )
     return student.eval(), {
         "student": "trained",
+        "training_tokens": train_blocks.numel(),
+        "validation_tokens": validation_blocks.numel(),
+        "planned_epochs": epochs,
         "kept_layers": kept,
         "teacher_layers": len(decoder_layers(teacher)),
         "divergence": divergence,
@@ -195,11 +200,13 @@ def train_student(
     divergence = DISTILL[distillation_key]["divergence"]
     teacher_manifest = store.manifest(slug, BASE)
     teacher, tokenizer = load_variant(store, teacher_manifest, device=device)
-    stream = load_tokens(store.corpus_path(slug, "calibration"))
+    # The distillation_corpus asset's text (teacher samples by default), not the calibration split.
+    stream = load_tokens(store.corpus_path(slug, distillation_data.CORPUS))
     student, details = build_student(teacher, stream, profile, divergence, spec, log=log)
+    data = {"source": profile.distillation_data, "tokens": profile.distillation_tokens}
     return store.write_weights(
         slug, distillation_key, student, tokenizer,
-        recipe=[versioned({"step": "distill", "key": distillation_key, "divergence": divergence})],
+        recipe=[versioned({"step": "distill", "key": distillation_key, "divergence": divergence, "data": data})],
         parent_fingerprint=teacher_manifest.fingerprint,
         details=details,
     )

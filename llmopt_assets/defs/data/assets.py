@@ -7,8 +7,9 @@ import dagster as dg
 from transformers import AutoTokenizer
 
 from llmopt_assets.defs.partitions import model_partitions
-from llmopt_assets.defs.resources import ModelStoreResource
+from llmopt_assets.defs.resources import ComputeResource, EvaluationProfileResource, ModelStoreResource
 from llmopt_assets.measure import corpus
+from llmopt_assets.techniques.distillation_data import build_distillation_corpus
 from llmopt_assets.measure.corpus import (
     EVAL_JOINER,
     WIKITEXT2_RAW_TEST,
@@ -82,4 +83,35 @@ def calibration_corpus(
     SparseGPT, training text for distillation."""
     return _tokenize_to_store(
         context, model_store, WIKITEXT2_VALID, "calibration", file_text(WIKITEXT2_VALID), "none (the file as one stream)"
+    )
+
+
+@dg.asset(
+    partitions_def=model_partitions,
+    deps=["base_model"],
+    group_name="data",
+    kinds={"safetensors"},
+)
+def distillation_corpus(
+    context: dg.AssetExecutionContext,
+    model_store: ModelStoreResource,
+    profile: EvaluationProfileResource,
+    compute: ComputeResource,
+) -> dg.MaterializeResult:
+    """The students' training text, tokenized (validation slice included): by default sampled from
+    the teacher itself (seeded, sequence-level KD), never the evaluation domain's held-apart split
+    unless the profile's `distillation_data` names it on purpose."""
+    compute.apply_threads()
+    info = build_distillation_corpus(
+        model_store.store(), context.partition_key, profile.get(), device=compute.resolved_device()
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "tokens": dg.MetadataValue.int(info["tokens"]),
+            "source": info["source"],
+            "seed": dg.MetadataValue.int(info["seed"]),
+            "seconds": dg.MetadataValue.float(info["seconds"]),
+            "path": dg.MetadataValue.path(info["path"]),
+        },
+        data_version=dg.DataVersion(info["tokens_sha256"][:16]),
     )

@@ -86,7 +86,7 @@ def base_model(
     partitions_def=student_partitions,
     deps=[
         dg.AssetDep("base_model", partition_mapping=model_of_variant),
-        dg.AssetDep("calibration_corpus", partition_mapping=model_of_variant),
+        dg.AssetDep("distillation_corpus", partition_mapping=model_of_variant),
     ],
     group_name="models",
     kinds={"pytorch", "safetensors"},
@@ -101,7 +101,8 @@ def distilled_student(
     compute: ComputeResource,
 ) -> dg.MaterializeResult:
     """A student per distillation recipe: half the teacher's layers trained on its soft labels on
-    the held-apart WikiText-2 valid split, with forward KL and temperature (`kd`, the DistilGPT2
+    the distillation corpus (text sampled from the teacher by default; a validation slice held
+    out for early stopping), with forward KL and temperature (`kd`, the DistilGPT2
     recipe) or reverse KL (`kd-rkl`, MiniLLM-style); or the registry's published student
     (gpt2 -> distilgpt2) for `kd`, for paper parity. Only the kd* variants depend on it."""
     slug, distillation = student_key(context)
