@@ -63,7 +63,7 @@ def project(tmp_path_factory) -> dict:
         # per-query-max criterion prunes (the literal single-key-share one is tested on its own in
         # test_head_pruning); choosing it here also runs the criterion option end to end.
         "profile": EvaluationProfileResource(
-            profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02, head_criterion="per-query-max"
+            profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02, head_criterion="per-query-max",
         ),
         "energy_meter": EnergyMeterResource(meter="cpu-time"),
         "compute": ComputeResource(threads=1),
