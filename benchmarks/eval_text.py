@@ -2,7 +2,8 @@
 
 The SmolLM2-135M base at fp32, non-overlapping windows of 2048 (the partial last window
 included) must score 21.6504 on the HF `wikitext-2-raw-v1` test rows joined with "\\n\\n"
-(304,837 tokens); the file's raw lines (" \\n" spacer rows kept) gave 21.6404 on 306,303.
+(304,986 tokens, 149 windows, 304,837 scored); the file's raw lines (" \\n" spacer rows kept)
+gave 21.6404 on 306,303 scored.
 
     .venv/bin/python benchmarks/eval_text.py [--model smollm2-135m] [--max-length 2048]
 """
