@@ -38,8 +38,8 @@ def test_jobs_checks_sensor_and_schedule_are_defined() -> None:
         "heads_really_removed", "exact_n_m_sparsity", "modules_really_quantized", "perplexity_plausible",
         "every_benchmark_scored", "scores_possible_for_item_count",
     }
-    assert sorted(s.name for s in definitions.sensors) == ["dead_run_slot_sensor", "model_registry_sensor"]
-    assert [s.name for s in definitions.schedules] == ["weekly_rescoring"]
+    assert sorted(s.name for s in definitions.sensors) == ["dead_run_slot_sensor", "model_registry_sensor", "remeasure_sensor"]
+    assert sorted(s.name for s in definitions.schedules) == ["weekly_rebenchmark", "weekly_rescoring"]
 
 
 def test_every_asset_is_documented_grouped_and_kinded() -> None:

@@ -263,18 +263,6 @@ def test_a_failing_repetition_leaves_earlier_measurements_intact(
     assert table.read_bytes() == before  # the previous materialization is untouched
 
 
-def test_registry_sensor_adds_every_listed_model() -> None:
-    from llmopt_assets.defs.jobs import model_registry_sensor
-    from llmopt_assets.models.registry import load_registry
-
-    instance = dg.DagsterInstance.ephemeral()
-    result = model_registry_sensor(dg.build_sensor_context(instance=instance))
-    requested = {key for request in result.dynamic_partitions_requests for key in request.partition_keys}
-    assert requested == set(load_registry())
-    instance.add_dynamic_partitions("model", sorted(requested))
-    again = model_registry_sensor(dg.build_sensor_context(instance=instance))
-    assert again.dynamic_partitions_requests == []
-
 
 def test_the_energy_meter_is_closed_even_when_a_repetition_fails(project: dict, monkeypatch) -> None:
     import llmopt_assets.measure.runs as runs

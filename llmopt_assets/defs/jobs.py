@@ -1,12 +1,13 @@
-"""Jobs (one per partitioning), the registry sensor that adds models, the re-benchmark schedule."""
+"""Jobs (one per partitioning), the registry sensor that adds models, the weekly re-scoring."""
 
 from pathlib import Path
 
 import dagster as dg
 
 from llmopt_assets.defs.partitions import model_partitions, student_partitions, variant_partitions
+from llmopt_assets.defs.resources import ModelRegistryResource
 from llmopt_assets.models.registry import read_registry
-from llmopt_assets.paths import DEFAULT_REGISTRY
+from llmopt_assets.models.sources import unavailable_reason
 
 prepare_models_job = dg.define_asset_job(
     "prepare_models_job",
@@ -38,23 +39,40 @@ scoring_job = dg.define_asset_job(
     description="Gather every measurement, score the trade-offs, draw the charts, write the decision report.",
 )
 
-rebenchmark_schedule = dg.ScheduleDefinition(
+rescoring_schedule = dg.ScheduleDefinition(
     name="weekly_rescoring",
     job=scoring_job,
     cron_schedule="0 3 * * 1",
-    description="Re-gather and re-score measurements weekly (full re-benchmarking arrives with "
-    "the orchestration work: code/data versions decide what is stale).",
+    description="Re-gather and re-score every measurement weekly, after the Sunday re-benchmark "
+    "(defs/rebenchmark.py) has re-timed the variants.",
 )
 
+
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def model_registry_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    """Adds every model slug listed in models.yaml as a `model` partition; a malformed entry is
-    reported (and skipped) without keeping the good ones out."""
+def model_registry_sensor(context: dg.SensorEvaluationContext, registry: ModelRegistryResource) -> dg.SensorResult:
+    """Adds each model of the registry (the `registry` resource's file) that this machine can
+    load as a `model` partition. The others (a hub model without network or cache, a missing
+    local directory) are offered, not added, so they never show as permanently missing: the
+    tick's message says which and why; add one from the UI once it can be loaded. A malformed
+    entry is reported (and skipped) without keeping the good ones out."""
     known = set(context.instance.get_dynamic_partitions(model_partitions.name))
-    reading = read_registry(Path(DEFAULT_REGISTRY))
+    reading = read_registry(Path(registry.path))
     for problem in reading.problems.values():
-        context.log.warning(f"models.yaml entry skipped: {problem}")
-    new = sorted(set(reading.specs) - known)
+        context.log.warning(f"{registry.path}: entry skipped: {problem}")
+    new, offered = [], []
+    for slug, spec in sorted(reading.specs.items()):
+        if slug in known:
+            continue
+        reason = unavailable_reason(spec)
+        if reason is None:
+            new.append(slug)
+        else:
+            offered.append(f"{slug} ({reason})")
+    message = None
+    if offered:
+        message = f"offered, not added (this machine cannot load them now): {'; '.join(offered)}"
+        context.log.info(message)
     return dg.SensorResult(
-        dynamic_partitions_requests=[model_partitions.build_add_request(new)] if new else []
+        dynamic_partitions_requests=[model_partitions.build_add_request(new)] if new else [],
+        skip_reason=message,
     )

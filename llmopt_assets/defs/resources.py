@@ -151,6 +151,9 @@ class ModelRegistryResource(dg.ConfigurableResource):
     def spec(self, slug: str) -> ModelSpec:
         return resolve(slug, load_registry(Path(self.path)))
 
+    def specs(self) -> dict[str, ModelSpec]:
+        return load_registry(Path(self.path))
+
     def slugs(self) -> list[str]:
         return sorted(load_registry(Path(self.path)))
 

