@@ -331,3 +331,32 @@ def test_opt_scores_table_metadata_is_rounded_with_a_schema(project: dict) -> No
         for name in ("Pc", "Tc", "Ec", "opt balanced"):
             assert row[name] is None or row[name] == round(row[name], 3)  # missing stays None
         assert row["Tc 95% CI"] is None or row["Tc 95% CI"].startswith("[")
+
+
+def test_lineage_names_the_weights_text_code_and_runs_of_a_result(project: dict, capsys) -> None:
+    from llmopt_assets.cli.lineage import main
+
+    root = Path(project["root"])
+    paths = ["--store", str(root / "store"), "--tables", str(root / "tables")]
+    assert main([MODEL, "kd+int8+ah90", *paths]) == 0
+    out = capsys.readouterr().out
+    store = ModelStore(root / "store")
+    variant = store.manifest(MODEL, "kd+int8+ah90")
+    chain = [variant, store.manifest_at(store.root / variant.weights_dir), store.manifest(MODEL, "kd"),
+             store.manifest(MODEL, "base")]
+    positions = [out.index(f"sha256 {manifest.fingerprint}") for manifest in chain]
+    assert positions == sorted(positions)  # the variant first, each parent after its child
+    assert '"threshold": 0.9' in out and '"samples": 16' in out  # recipe and head-pruning calibration
+    rows = pl.read_parquet(root / "tables" / "measurements.parquet").filter(pl.col("technique") == "kd+int8+ah90")
+    for run_id in set(rows["run_id"].to_list()):
+        assert f"run {run_id}" in out
+    corpus = project["instance"].get_latest_materialization_event(dg.AssetKey("eval_corpus"))
+    assert f"text sha256 {corpus.asset_materialization.metadata['text_sha256'].value}" in out
+    assert f"code version {perplexity_run.code_versions_by_key[perplexity_run.key]}" in out
+    assert "warnings" not in out
+    scores = pl.read_parquet(root / "tables" / "opt_scores.parquet")
+    row = scores["technique"].to_list().index("kd+int8+ah90")
+    assert main(["--row", str(row), *paths]) == 0
+    assert capsys.readouterr().out == out
+    assert main([MODEL, "kd+nf4", *paths]) == 2
+    assert "materialize it first" in capsys.readouterr().err

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("llmopt_assets.cli.doctor", "find (and with --repair fix) store leftovers, corrupt artifacts, leaked pool slots"),
     "report": ("llmopt_assets.cli.report", "write the decision report (markdown + self-contained HTML) to var/reports"),
     "pools": ("llmopt_assets.cli.pools", "set the cpu/gpu pool limits of the instance to this machine's devices"),
+    "lineage": ("llmopt_assets.cli.lineage", "which weights, code, text and runs produced a result (a row of opt_scores)"),
 }
 
 
