@@ -30,7 +30,6 @@ variants_job = dg.define_asset_job(
 benchmarks_job = dg.define_asset_job(
     "benchmarks_job",
     selection=["benchmark_run"],
-    partitions_def=variant_partitions,
     description="Per model × technique: the lm-eval benchmark round on the variant as loaded.",
 )
 scoring_job = dg.define_asset_job(
