@@ -28,13 +28,22 @@ def test_a_malformed_entry_is_reported_and_the_good_ones_kept(tmp_path: Path) ->
         load_registry(path)
 
 
-def test_the_registry_sensor_adds_good_models_despite_a_malformed_entry(tmp_path: Path, monkeypatch) -> None:
+def test_the_registry_sensor_adds_good_models_despite_a_malformed_entry(tmp_path: Path) -> None:
     from llmopt_assets.defs import jobs
+    from llmopt_assets.defs.resources import ModelRegistryResource
 
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")  # loadable as far as the sensor can tell
     path = tmp_path / "models.yaml"
-    path.write_text(GOOD + "  mymodel: local\n  ../evil:\n    source: hub\n    id: x\n")
-    monkeypatch.setattr(jobs, "DEFAULT_REGISTRY", path)
-    result = jobs.model_registry_sensor(dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()))
+    path.write_text(
+        f"models:\n  good-model:\n    source: local\n    path: {weights}\n"
+        "  mymodel: local\n  ../evil:\n    source: hub\n    id: x\n"
+    )
+    result = jobs.model_registry_sensor(
+        dg.build_sensor_context(instance=dg.DagsterInstance.ephemeral()),
+        registry=ModelRegistryResource(path=str(path)),
+    )
     added = {key for request in result.dynamic_partitions_requests for key in request.partition_keys}
     assert added == {"good-model"}
 
