@@ -27,7 +27,11 @@ class ProgressFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         meta = getattr(record, "dagster_meta", None) or {}
         event = meta.get("dagster_event")
-        return event is None or event.is_step_failure
+        if event is not None:
+            return event.is_step_failure
+        # A check that does not apply to a variant is skipped on purpose (not yielded); the
+        # engine's note about it belongs in the UI, not on the terminal.
+        return "did not yield or return expected outputs" not in (meta.get("orig_message") or "")
 
 
 @dg.logger(
