@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     from llmopt_assets.cli.runs import ProjectRuns, RunOutcome
     from llmopt_assets.defs.partitions import model_partitions
 
+    from llmopt_assets.defs.pool_slots import free_slots_of_dead_runs
+
     instance = dg.DagsterInstance.get()
+    # A run killed earlier (SIGKILL, the OOM killer) would hold its pool slot forever.
+    for slot in free_slots_of_dead_runs(instance):
+        print(f"freed {slot.describe()}", flush=True)
     instance.add_dynamic_partitions(model_partitions.name, [args.model])
     run_config = {
         "resources": {"profile": {"config": {"profile": args.profile}}},
@@ -119,13 +124,29 @@ def main(argv: list[str] | None = None) -> int:
     return finish(outcomes, started, instance, scored)
 
 
+def print_decision() -> None:
+    """The report's summary: which technique for energy, runtime and balance, and how sure."""
+    import polars as pl
+
+    from llmopt_assets.scoring.report import summary_lines
+
+    scores = REPORTS_DIR / "opt_scores.csv"
+    if scores.is_file():
+        print("decision:")
+        for line in summary_lines(pl.read_csv(scores, infer_schema_length=None)):
+            print(f"  {line.replace('**', '')}")
+        print()
+
+
 def finish(outcomes: list, started: float, instance: object, scored: bool) -> int:
     table = REPORTS_DIR / "opt_scores.md"
     if scored and table.is_file():
         print("\nopt scores (lower is better; Pc, Tc, Ec = variant / base):\n")
         print(table.read_text())
+        print_decision()
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     print(f"results: {TABLES_DIR} (Parquet), {REPORTS_DIR / 'opt_scores.csv'}")
+    print(f"report:  {REPORTS_DIR / 'decision_report.html'} (and .md)")
     print(f"charts:  {REPORTS_DIR}/")
     print(f"weights: {STORE_DIR}")
     print(f"UI:      make ui   (DAGSTER_HOME={instance.root_directory} dg dev), then http://localhost:3000")
