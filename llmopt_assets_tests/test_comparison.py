@@ -191,16 +191,25 @@ def _tiny_batches() -> list[torch.Tensor]:
     return window_batches(torch.randint(0, 160, (16 * 32,), generator=generator), 32, "cpu")
 
 
+def _covers_1(ratio) -> bool:
+    return ratio.ci95_low <= 1.0 <= ratio.ci95_high
+
+
 def test_real_a_a_comparison_of_two_loaded_copies_covers_1() -> None:
     batches = _tiny_batches()
     first, second = tiny_model("gpt2", seed=0), tiny_model("gpt2", seed=0)  # two separate copies
-    result = run_comparison(window_work(first, batches), window_work(second, batches), CpuTimeMeter(), REAL)
     # 99% here, not 95%: a correct A/A interval misses 1 in 20 runs by design, and a test suite
-    # must not fail that often. The benchmark (benchmarks/paired_timing.py) reports the 95% one.
-    time_ratio = paired_ratio(result.values("variant"), result.values("base"), alpha=0.01)
-    energy_ratio = paired_ratio(result.values("variant", "joules"), result.values("base", "joules"), alpha=0.01)
-    assert time_ratio.ci95_low <= 1.0 <= time_ratio.ci95_high, time_ratio
-    assert energy_ratio.ci95_low <= 1.0 <= energy_ratio.ci95_high, energy_ratio
+    # must not fail that often; and a second, independent experiment after a miss: a correct
+    # method misses twice in a row 1 time in 10,000, a biased one (the unpaired design under
+    # drift) nearly always. The benchmark (benchmarks/paired_timing.py) reports the 95% one.
+    for attempt in range(2):
+        result = run_comparison(window_work(first, batches), window_work(second, batches), CpuTimeMeter(), REAL)
+        time_ratio = paired_ratio(result.values("variant"), result.values("base"), alpha=0.01)
+        energy_ratio = paired_ratio(result.values("variant", "joules"), result.values("base", "joules"), alpha=0.01)
+        if _covers_1(time_ratio) and _covers_1(energy_ratio):
+            break
+    assert _covers_1(time_ratio), (attempt, time_ratio)
+    assert _covers_1(energy_ratio), (attempt, energy_ratio)
     assert result.calibration.reached_minimum
 
 
@@ -216,7 +225,10 @@ def test_real_a_b_comparison_detects_1_3_times_the_work() -> None:
         forward(13 * units)
 
     # 20 pairs: on a CPU shared with other jobs a 50 ms repetition can vary by tens of percent.
-    result = run_comparison(base, variant, CpuTimeMeter(), ComparisonProtocol(**{**REAL.to_dict(), "pairs": 20}))
-    time_ratio = paired_ratio(result.values("variant"), result.values("base"))
-    assert time_ratio.significant and time_ratio.ci95_low > 1.0, time_ratio
+    for attempt in range(2):  # a second, independent experiment if the first misses (power < 1)
+        result = run_comparison(base, variant, CpuTimeMeter(), ComparisonProtocol(**{**REAL.to_dict(), "pairs": 20}))
+        time_ratio = paired_ratio(result.values("variant"), result.values("base"))
+        if time_ratio.significant and time_ratio.ci95_low > 1.0:
+            break
+    assert time_ratio.significant and time_ratio.ci95_low > 1.0, (attempt, time_ratio)
     assert 1.1 < time_ratio.ratio < 1.6, time_ratio
