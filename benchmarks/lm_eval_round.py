@@ -37,7 +37,7 @@ from llmopt_assets.models.store import ModelStore  # noqa: E402
 from llmopt_assets.paths import STORE_DIR  # noqa: E402
 from llmopt_assets.profiles import PAPER_BENCHMARKS, get_profile  # noqa: E402
 from llmopt_assets.scoring.opt import QualityScore  # noqa: E402
-from llmopt_assets.scoring.quality import combined_quality  # noqa: E402
+from llmopt_assets.scoring.quality import BenchmarkPair, combined_quality  # noqa: E402
 from llmopt_assets.techniques import quantization  # noqa: E402
 from llmopt_assets.techniques.loading import load_variant  # noqa: E402
 from llmopt_assets.techniques.recipe import parse  # noqa: E402
@@ -123,7 +123,11 @@ def main() -> None:
             if technique == "base":
                 continue
             pairs = [
-                QualityScore(base_scores[s["benchmark"]]["value"], s["value"], True, s["chance"], s["benchmark"])
+                BenchmarkPair(
+                    QualityScore(base_scores[s["benchmark"]]["value"], s["value"], True, s["chance"], s["benchmark"]),
+                    items=base_scores[s["benchmark"]]["items"], discrete=base_scores[s["benchmark"]]["discrete"],
+                    base_stderr=base_scores[s["benchmark"]]["stderr"],
+                )
                 for s in result["scores"] if s["benchmark"] in base_scores
             ]
             quality = combined_quality(result["perplexity"] / base["perplexity"], pairs)

@@ -12,7 +12,7 @@ from llmopt_assets.scoring.altair_charts import trade_off_chart
 from llmopt_assets.scoring.charts import DISPLAY_COLUMNS, display_rows, markdown_table, png_markdown
 from llmopt_assets.defs.resources import OPTIONAL_INPUT
 from llmopt_assets.scoring.quality import CODE_VERSION as QUALITY_CODE_VERSION
-from llmopt_assets.scoring.quality import apply_benchmark_quality
+from llmopt_assets.scoring.quality import INFORMATIVE_RULE, apply_benchmark_quality
 from llmopt_assets.scoring.table import CODE_VERSION as SCORES_CODE_VERSION
 from llmopt_assets.scoring.table import opt_table
 
@@ -30,7 +30,8 @@ def opt_scores(
     Welch significance flag) against the same model's base, and opt = Pc^1.5·(α·Tc + β·Ec) for the
     balanced, energy and runtime presets (paper Eq. 1, Table 3). Lower is better. Where the
     benchmark round ran on a variant and its base, the quality term is the mean of Pc_n^1.5 over
-    the perplexity ratio and every benchmark (§3.4.1); `quality_basis` says which term opt used,
+    the perplexity ratio and every informative benchmark (§3.4.1; one whose base is above chance,
+    the others are shown in `flags` and left out); `quality_basis` says which term opt used,
     and the perplexity-only penalty and opt are kept beside it."""
     table = apply_benchmark_quality(opt_table(measurements), benchmark_run)
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -40,6 +41,7 @@ def opt_scores(
         {
             "scores": opt_table_metadata(table),
             "variants": dg.MetadataValue.int(table.height),
+            "benchmark_informative_rule": INFORMATIVE_RULE,
             "csv": dg.MetadataValue.path(str(REPORTS_DIR / "opt_scores.csv")),
         }
     )
