@@ -1,11 +1,20 @@
 import math
+import struct
 
 import polars as pl
 import pytest
 
-from llmopt_assets.scoring.altair_charts import trade_off_chart, trade_off_figure
-from llmopt_assets.scoring.charts import markdown_table
+from llmopt_assets.scoring.altair_charts import (
+    POPUP_MAX_HEIGHT,
+    POPUP_MAX_WIDTH,
+    popup_charts,
+    to_png,
+    trade_off_chart,
+    trade_off_figure,
+)
+from llmopt_assets.scoring.charts import display_rows, flags_markdown, markdown_table
 from llmopt_assets.scoring.table import CONTROL_FAILED, ENERGY_MIRRORS_TIME, NO_CONTROL, opt_table
+from llmopt_assets.techniques.recipe import technique_keys
 
 
 def quality(technique: str, perplexity: float, seconds: float = 1.0, model: str = "m") -> list[dict]:
@@ -167,6 +176,49 @@ def test_the_chart_states_the_verdicts(tmp_path) -> None:
     assert trade_off_chart(table, "m", tmp_path / "m.png").stat().st_size > 0
     quiet = table_of(quality("base", 20.0), comparison("base", BASE_SECONDS, AA, AA))
     assert "title" not in trade_off_figure(quiet, "m").to_dict()
+
+
+def test_the_ui_table_counts_flags_and_lists_them_beside_it() -> None:
+    table = table_of(
+        quality("base", 20.0), quality("nf4", 21.0), quality("int8", 20.5),
+        comparison("base", BASE_SECONDS, AA, AA),
+        comparison("nf4", BASE_SECONDS, [1.5] * 4, [1.5] * 4, method="estimate"),
+        comparison("int8", BASE_SECONDS, [1.2 * w for w in WOBBLE], [0.8 * w for w in WOBBLE]),
+    )
+    rows = {r["technique"]: r for r in display_rows(table)}
+    assert rows["int8"]["flags"] == 0  # a counter, a passed control, time and energy apart
+    listed = flags_markdown(table)
+    assert "**m int8**" not in listed
+    nf4_part = listed.split("**m nf4**")[1].split("**m ")[0]
+    bullets = [line for line in nf4_part.splitlines() if line.startswith("- ")]
+    assert "- energy is an estimate, not a measured counter" in bullets and f"- {ENERGY_MIRRORS_TIME}" in bullets
+    assert rows["nf4"]["flags"] == len(bullets)
+    assert flags_markdown(table.with_columns(flags=pl.lit(""))) == "no flags"
+
+
+def _png_size(path) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk (bytes 16-24, big-endian)."""
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def test_each_popup_chart_fits_the_ui_popup_with_every_technique(tmp_path) -> None:
+    techniques = technique_keys()
+    assert len(techniques) >= 38  # the longest list the recipe rules give
+    parts = [quality("base", 20.0), comparison("base", BASE_SECONDS, AA, AA, method="estimate")]
+    for i, technique in enumerate(t for t in techniques if t != "base"):
+        factor = 0.4 + 0.07 * i  # spread over both sides of the base
+        parts += [quality(technique, 20.0 * (1 + 0.01 * i)),
+                  comparison(technique, BASE_SECONDS, [factor * w for w in WOBBLE], [factor * w for w in WOBBLE],
+                             method="estimate")]
+    table = table_of(*parts)
+    charts = popup_charts(table, "m")
+    assert list(charts) == ["opt per preset", "quality vs energy"]
+    for name, chart in charts.items():
+        assert ENERGY_MIRRORS_TIME in chart.to_dict()["title"]["text"]  # each states the verdicts
+        width, height = _png_size(to_png(chart, tmp_path / f"{name}.png"))
+        assert width <= POPUP_MAX_WIDTH and height <= POPUP_MAX_HEIGHT, (name, width, height)
+    # Stacked in one figure, they would not fit: hence one pop-up each.
+    assert _png_size(trade_off_chart(table, "m", tmp_path / "both.png"))[1] > POPUP_MAX_HEIGHT
 
 
 def test_the_repetition_chart_shows_both_arms_per_1k_tokens() -> None:

@@ -207,8 +207,26 @@ def test_a_user_materializes_a_partition_from_the_ui_and_reads_the_results(
                         row = scores.get_by_role("row").filter(has=page.get_by_role("cell", name=technique, exact=True))
                         expect(row).to_have_count(1)
                         expect(row.get_by_role("cell", name=MODEL, exact=True)).to_be_visible()
+                    # Readable rows: no cell wraps a row taller than a few lines.
+                    heights = [row.bounding_box()["height"] for row in scores.get_by_role("row").all()]
+                    assert max(heights) < 100, f"opt table rows {heights} px tall"
                     scores.scroll_into_view_if_needed()
                     screenshot("ui-opt-table")
+
+                    # A chart opens whole in the metadata pop-up: as wide as it, Close in the window.
+                    page.goto(f"{url}/assets/trade_off_charts")
+                    entry = f"{MODEL}: opt per preset"
+                    page.get_by_role("row").filter(has=page.get_by_role("cell", name=entry, exact=True)).get_by_text(
+                        "[Show Markdown]").click()
+                    popup = page.get_by_role("dialog").filter(has_text=entry)
+                    chart = popup.locator("img").last
+                    expect(chart).to_be_visible()
+                    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=chart.element_handle())
+                    chart_box, popup_box = chart.bounding_box(), popup.bounding_box()
+                    assert chart_box["x"] >= popup_box["x"] and (chart_box["x"] + chart_box["width"]
+                                                                <= popup_box["x"] + popup_box["width"])
+                    expect(popup.get_by_role("button", name="Close")).to_be_in_viewport()
+                    screenshot("ui-chart-popup")
                 finally:
                     browser.close()
     finally:

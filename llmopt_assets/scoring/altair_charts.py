@@ -24,11 +24,17 @@ from llmopt_assets.scoring.table import model_verdicts
 
 # Bump with any change to the charts (trade_off_charts):
 # Dagster then marks what it made stale.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
-# Fits the Dagster UI's metadata pop-up (about 900 px wide) without scrolling sideways.
+# Dagster's metadata pop-up grows with its image (20 px each side) and scrolls with the page
+# when taller than the window (measured in chromium 156, Dagster 1.13). A PNG within these
+# bounds opens whole, Close button included, in a 1280 × 900 browser window; each chart in the
+# pop-up stays within them up to the 38 techniques of the recipe rules (test_scoring_table).
+POPUP_MAX_WIDTH = 740
+POPUP_MAX_HEIGHT = 700
 PANEL_WIDTH = 380
-BAR_STEP = 9  # px per preset bar
+BAR_STEP = 9  # px per preset bar, fewer when many techniques would make the chart too tall
+OPT_PLOT_MAX_HEIGHT = 520  # the opt bars; titles, axis and legend take the rest of the pop-up
 OPT_TITLE = "opt = Pc^1.5·(α·Tc + β·Ec), log scale (lower is better; base = 1)"
 TECHNIQUE_COLORS = alt.Scale(scheme="tableau20")
 
@@ -60,7 +66,8 @@ def opt_by_preset(table: pl.DataFrame, model: str, subtitle: str = "") -> alt.Ch
     whiskers = base.transform_filter("isValid(datum.opt_low)").mark_rule(color="black").encode(
         y=y, yOffset=alt.YOffset("preset:N", sort=list(PRESETS)), x="opt_low:Q", x2="opt_high:Q")
     one = alt.Chart(pl.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 3], color="gray").encode(x="x:Q")
-    height = max(80, BAR_STEP * len(PRESETS) * len(order))
+    bars_count = len(PRESETS) * len(order)
+    height = max(80, min(BAR_STEP, OPT_PLOT_MAX_HEIGHT // bars_count) * bars_count)
     return (bars + whiskers + one).properties(
         width=PANEL_WIDTH + 120, height=height,
         title=alt.Title(f"{model}: opt per technique and preset", subtitle=subtitle or alt.Undefined))
@@ -83,7 +90,9 @@ def quality_vs_energy(table: pl.DataFrame, model: str, subtitle: str = "") -> al
         front=pl.col("technique").is_in(full.front).replace_strict(
             {True: "on the Pareto front", False: "dominated"}))
     objectives = ", ".join(full.objectives)
-    color = alt.Color("technique:N", scale=TECHNIQUE_COLORS, legend=alt.Legend(columns=2, symbolLimit=40))
+    # Below the plot, three columns: beside it, 38 techniques made the chart wider than the pop-up.
+    color = alt.Color("technique:N", scale=TECHNIQUE_COLORS,
+                      legend=alt.Legend(orient="bottom", columns=3, symbolLimit=60, labelLimit=150))
     x = alt.X("ec:Q", scale=alt.Scale(type="log", nice=False, padding=12), title="Ec = energy / base energy (95% CI)")
     y = alt.Y("pc:Q", scale=alt.Scale(type="log", nice=False, padding=12),
               title="Pc = quality ratio (1 = base; lower is better)")
@@ -171,14 +180,27 @@ def repetition_spread(measurements: pl.DataFrame, model: str) -> alt.Chart:
     ).resolve_scale(x="independent").properties(title=f"{model}: every repetition (ticks) and their spread")
 
 
-def trade_off_figure(table: pl.DataFrame, model: str) -> alt.VConcatChart:
-    """The two per-model charts stacked (the pop-up is narrower than it is tall); a failed or
-    missing A/A control and energy that mirrors time are stated above both."""
+def _with_verdicts(chart: alt.VConcatChart, table: pl.DataFrame, model: str) -> alt.VConcatChart:
+    """A failed or missing A/A control and energy that mirrors time, stated above the chart."""
     verdicts = model_verdicts(table, model)
-    chart = alt.vconcat(opt_by_preset(table, model), quality_vs_energy(table, model)).resolve_scale(color="independent")
     if verdicts:
         chart = chart.properties(title=alt.Title(verdicts, color="firebrick", anchor="start"))
     return chart
+
+
+def trade_off_figure(table: pl.DataFrame, model: str) -> alt.VConcatChart:
+    """The two per-model charts stacked, with the model's verdicts above both (the report's file)."""
+    both = alt.vconcat(opt_by_preset(table, model), quality_vs_energy(table, model)).resolve_scale(color="independent")
+    return _with_verdicts(both, table, model)
+
+
+def popup_charts(table: pl.DataFrame, model: str) -> dict[str, alt.VConcatChart]:
+    """The two per-model charts apart, each with the verdicts: one metadata pop-up each, so that
+    each fits it (stacked, they are twice as tall as a window)."""
+    return {
+        "opt per preset": _with_verdicts(alt.vconcat(opt_by_preset(table, model)), table, model),
+        "quality vs energy": _with_verdicts(alt.vconcat(quality_vs_energy(table, model)), table, model),
+    }
 
 
 def trade_off_chart(table: pl.DataFrame, model: str, path: Path) -> Path:

@@ -54,8 +54,26 @@ DISPLAY_COLUMNS = [
     ("pairs", "int", "base/variant pairs timed"),
     ("A/A control", "string", "the base against a copy of itself: passed, failed or missing"),
     ("energy method", "string", "how energy was obtained (counter, sampled power, estimate)"),
-    ("flags", "string", "why a comparison may mislead"),
+    # A count, the reasons listed in the `flags` entry beside the table: their text in a cell
+    # (a few hundred characters) made each row a screen tall in the UI's table.
+    ("flags", "int", "how many reasons a comparison may mislead, listed in the flags entry"),
 ]
+
+
+def _flag_list(row: dict) -> list[str]:
+    return [f for f in (row.get("flags") or "").split("; ") if f]
+
+
+def flags_markdown(table: pl.DataFrame) -> str:
+    """Per variant, the reasons its comparison may mislead, one bullet each."""
+    lines = []
+    for row in table.iter_rows(named=True):
+        flags = _flag_list(row)
+        if flags:
+            lines.append(f"**{row['model']} {row['technique']}**")
+            lines.extend(f"- {flag}" for flag in flags)
+            lines.append("")
+    return "\n".join(lines) or "no flags"
 
 
 def _rounded(value: object, digits: int) -> float | None:
@@ -93,7 +111,7 @@ def display_rows(table: pl.DataFrame) -> list[dict]:
             "pairs": row.get("pairs"),
             "A/A control": row.get("control"),
             "energy method": row.get("energy_method"),
-            "flags": row.get("flags") or "",
+            "flags": len(_flag_list(row)),
         })
     return rows
 

@@ -133,9 +133,11 @@ def perplexity_run(
     yield dg.Output(
         table,
         metadata={
-            "perplexity": dg.MetadataValue.float(perplexity),
-            "seconds_mean": dg.MetadataValue.float(sum(seconds) / len(seconds)),
-            "joules_mean": dg.MetadataValue.float(sum(joules) / len(joules)) if has_energy else "unavailable",
+            # Rounded for the UI (the table keeps every digit); units in the keys.
+            "perplexity": dg.MetadataValue.float(round(perplexity, 3)),
+            "seconds_mean [s]": dg.MetadataValue.float(round(sum(seconds) / len(seconds), 4)),
+            "joules_mean [J]": (dg.MetadataValue.float(round(sum(joules) / len(joules), 3)) if has_energy
+                                else "unavailable"),
             "energy_method": table["energy_method"][0],
             "energy_meter": table["energy_meter"][0],
             "repetitions": dg.MetadataValue.int(table.height),

@@ -8,8 +8,8 @@ import polars as pl
 from llmopt_assets.models.keys import check_model_slug
 from llmopt_assets.paths import REPORTS_DIR
 from llmopt_assets.scoring.altair_charts import CODE_VERSION as CHARTS_CODE_VERSION
-from llmopt_assets.scoring.altair_charts import trade_off_chart
-from llmopt_assets.scoring.charts import DISPLAY_COLUMNS, display_rows, markdown_table, png_markdown
+from llmopt_assets.scoring.altair_charts import popup_charts, to_png, trade_off_chart
+from llmopt_assets.scoring.charts import DISPLAY_COLUMNS, display_rows, flags_markdown, markdown_table, png_markdown
 from llmopt_assets.defs.resources import OPTIONAL_INPUT
 from llmopt_assets.scoring.quality import CODE_VERSION as QUALITY_CODE_VERSION
 from llmopt_assets.scoring.quality import INFORMATIVE_RULE, apply_benchmark_quality
@@ -40,6 +40,7 @@ def opt_scores(
     context.add_output_metadata(
         {
             "scores": opt_table_metadata(table),
+            "flags": dg.MetadataValue.md(flags_markdown(table)),
             "variants": dg.MetadataValue.int(table.height),
             "benchmark_informative_rule": INFORMATIVE_RULE,
             "csv": dg.MetadataValue.path(str(REPORTS_DIR / "opt_scores.csv")),
@@ -50,13 +51,18 @@ def opt_scores(
 
 @dg.asset(group_name="scoring", kinds={"altair"}, code_version=CHARTS_CODE_VERSION)
 def trade_off_charts(context: dg.AssetExecutionContext, opt_scores: pl.DataFrame) -> dg.MaterializeResult:
-    """One PNG per model: opt per preset (the paper's Figs 2-4, with the opt interval from the
-    Tc/Ec CIs), and quality change against energy change with CIs and the Pareto front."""
+    """Per model: opt per preset (the paper's Figs 2-4, with the opt interval from the Tc/Ec
+    CIs), and quality change against energy change with CIs and the Pareto front; each its own
+    metadata entry sized to open whole in the UI's pop-up, and both in one PNG file."""
     charts: dict[str, Path] = {}
+    metadata: dict = {}
     for model in sorted(set(opt_scores["model"].to_list())):
         # A model key names a file here: a slug only, never a path ('../x' is refused).
-        charts[model] = trade_off_chart(opt_scores, model, REPORTS_DIR / f"{check_model_slug(model)}-trade-offs.png")
-    metadata: dict = {f"{model}": dg.MetadataValue.md(png_markdown(path)) for model, path in charts.items()}
+        slug = check_model_slug(model)
+        charts[model] = trade_off_chart(opt_scores, model, REPORTS_DIR / f"{slug}-trade-offs.png")
+        for name, chart in popup_charts(opt_scores, model).items():
+            path = to_png(chart, REPORTS_DIR / "popup" / f"{slug}-{name.replace(' ', '-')}.png")
+            metadata[f"{model}: {name}"] = dg.MetadataValue.md(png_markdown(path))
     metadata["files"] = dg.MetadataValue.json({m: str(p) for m, p in charts.items()})
     return dg.MaterializeResult(metadata=metadata)
 
