@@ -5,18 +5,20 @@ partition's page (status, perplexity); its check; the opt-score table rendered w
 Screenshots go to $LLMOPT_UI_SCREENSHOTS (default: the test's tmp dir). Everything started here is
 stopped by its process group, whatever happens."""
 
+import json
 import os
 import shutil
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.error import URLError
 from urllib.parse import quote
+from urllib.request import Request, urlopen
 
 import dagster as dg
 import polars as pl
 import pytest
-import requests
 
 from llmopt_assets.defs.benchmarks.assets import benchmark_run
 from llmopt_assets.defs.measurement.assets import comparison_run, measurements, perplexity_run
@@ -31,7 +33,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 IN_CI = os.environ.get("LLMOPT_CI") == "1"  # set by .ci/run: there a missing browser is a failure
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
-LOCATION_QUERY = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+LOCATION_QUERY = (
+    "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus"
+    " locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+)
 
 
 def _require_browser():
@@ -62,14 +67,18 @@ def _instance_home(home: Path) -> None:
 
 
 def _location_loaded(url: str) -> bool:
+    request = Request(f"{url}/graphql", data=json.dumps({"query": LOCATION_QUERY}).encode(),
+                      headers={"Content-Type": "application/json"})
     try:
-        reply = requests.post(f"{url}/graphql", json={"query": LOCATION_QUERY}, timeout=10).json()
-    except (requests.RequestException, ValueError):
+        with urlopen(request, timeout=10) as answer:
+            reply = json.load(answer)
+    except (URLError, OSError, ValueError):
         return False
     entries = reply["data"]["workspaceOrError"]["locationEntries"]
     for entry in entries:
-        if entry["locationOrLoadError"] and entry["locationOrLoadError"]["__typename"] == "PythonError":
-            raise RuntimeError(f"code location {entry['name']} failed to load: {entry['locationOrLoadError']['message']}")
+        loaded = entry["locationOrLoadError"]
+        if loaded and loaded["__typename"] == "PythonError":
+            raise RuntimeError(f"code location {entry['name']} failed to load: {loaded['message']}")
     return bool(entries) and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"] for e in entries)
 
 
@@ -136,7 +145,9 @@ def test_a_user_materializes_a_partition_from_the_ui_and_reads_the_results(
             print(f"ui test: prepared and webserver ready after {time.monotonic() - began:.0f} s")
 
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+                # As root (CI) chromium needs --no-sandbox; a container's small /dev/shm crashes it.
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
                 try:
                     page = browser.new_page(viewport={"width": 1500, "height": 950})
                     page.set_default_timeout(90_000)
@@ -152,7 +163,8 @@ def test_a_user_materializes_a_partition_from_the_ui_and_reads_the_results(
 
                     # The asset graph (the measurement group, its neighbours linked), by name.
                     page.goto(f"{url}/locations/llmopt_assets/asset-groups/measurement/lineage")
-                    for name in ("compressed_variant", "perplexity_run", "comparison_run", "measurements", "opt_scores"):
+                    for name in ("compressed_variant", "perplexity_run", "comparison_run", "measurements",
+                                 "opt_scores"):
                         expect(page.get_by_text(name, exact=True).first).to_be_visible()
                     screenshot("ui-asset-graph")
 
@@ -182,7 +194,8 @@ def test_a_user_materializes_a_partition_from_the_ui_and_reads_the_results(
 
                     # That partition's page: its key, status and the perplexity the run measured.
                     measured = pl.read_parquet(root / "tables" / "perplexity_run" / f"{MODEL}__{UI_TECHNIQUE}.parquet")
-                    page.goto(f"{url}/assets/perplexity_run?view=partitions&partition={quote(f'{MODEL}|{UI_TECHNIQUE}')}")
+                    partition = quote(f"{MODEL}|{UI_TECHNIQUE}")
+                    page.goto(f"{url}/assets/perplexity_run?view=partitions&partition={partition}")
                     expect(page.get_by_text(f"{MODEL}|{UI_TECHNIQUE}", exact=True).first).to_be_visible()
                     expect(page.get_by_text("Materialized", exact=True).first).to_be_visible()
                     perplexity_row = page.get_by_role("row").filter(has=page.get_by_text("perplexity", exact=True))
