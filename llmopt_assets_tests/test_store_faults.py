@@ -76,11 +76,11 @@ def test_two_processes_300_commits_each_never_fail_nor_leak(fast_root: Path) -> 
     store.verify(store.manifest("tiny", "base"))
 
 
-def _commit_forever(root: Path) -> None:
+def _commit_forever(root: Path, first_seed: int) -> None:
     store = ModelStore(root)
     index = 0
     while True:
-        commit(store, 10_000 + index)
+        commit(store, first_seed + index)
         index += 1
 
 
@@ -89,15 +89,22 @@ def test_sigkill_at_random_moments_leaves_old_or_new_and_next_commit_cleans(fast
     first = commit(store, 0)
     seen = {first.fingerprint}
     rng = random.Random(14)
-    for _ in range(25):
-        writer = FORK.Process(target=_commit_forever, args=(fast_root,))
+    # The kill lands at a random moment within `window`; on a loaded machine a writer may not
+    # reach its first commit in 80 ms, so a window that saw no new commit doubles (up to 5 s).
+    window = 0.08
+    before = first.fingerprint
+    for attempt in range(25):
+        writer = FORK.Process(target=_commit_forever, args=(fast_root, 10_000 * (attempt + 1)))
         writer.start()
-        time.sleep(rng.uniform(0.0, 0.08))
+        time.sleep(rng.uniform(0.0, window))
         os.kill(writer.pid, signal.SIGKILL)
         writer.join()
         assert writer.exitcode == -signal.SIGKILL
         manifest = store.manifest("tiny", "base")  # never missing
         store.verify(manifest)  # never half written
+        if manifest.fingerprint == before:  # this writer committed nothing before the kill
+            window = min(window * 2, 5.0)
+        before = manifest.fingerprint
         seen.add(manifest.fingerprint)
     assert len(seen) > 1, "the writer never committed before being killed: kill later"
     commit(store, 1)
