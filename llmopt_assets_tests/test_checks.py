@@ -16,8 +16,16 @@ def test_heads_check_compares_the_drop_with_the_removed_projections() -> None:
     assert checks.heads_really_removed({"prune-heads": {**HEADS, "expected_parameter_drop": 200}}).passed
     wrong = checks.heads_really_removed({"prune-heads": {**HEADS, "expected_parameter_drop": 150}})
     assert not wrong.passed and wrong.metadata["parameter_drop"] == 200
-    none_removed = {**HEADS, "heads_removed": 0, "parameters_after": 1000, "expected_parameter_drop": 0}
-    assert not checks.heads_really_removed({"prune-heads": none_removed}).passed
+    assert wrong.severity == "ERROR"
+    # No head met the criterion: nothing removed, nothing dropped: a warning naming the twin.
+    none_removed = {**HEADS, "heads_removed": 0, "parameters_after": 1000, "expected_parameter_drop": 0,
+                    "threshold": 0.9, "criterion": "single-key-share", "highest_concentration": 0.42}
+    warned = checks.heads_really_removed({"prune-heads": none_removed, "identical_to": "kd"})
+    assert not warned.passed and warned.severity == "WARN" and warned.metadata["identical_to"] == "kd"
+    assert "single-key-share > 0.9" in warned.description and "0.420" in warned.description
+    # No head removed but parameters gone: the slicing is broken, an error.
+    lost = checks.heads_really_removed({"prune-heads": {**none_removed, "parameters_after": 900}})
+    assert not lost.passed and lost.severity == "ERROR" and lost.metadata["no_head_met_criterion"] is False
     assert checks.heads_really_removed({}) == checks.CheckOutcome("heads_really_removed", True, applies=False)
 
 

@@ -232,3 +232,26 @@ def test_the_repetition_chart_shows_both_arms_per_1k_tokens() -> None:
     assert seconds == [("base", pytest.approx(1.0)), ("base", pytest.approx(2.0)),
                        ("variant", pytest.approx(1.5)), ("variant", pytest.approx(3.0))]
     assert {v["metric"] for v in values} == {"wall time (s per 1k tokens)", "energy (J per 1k tokens)"}
+
+
+def test_a_variant_identical_to_another_is_flagged_not_passed_off_as_a_technique() -> None:
+    from llmopt_assets.scoring.decision import recommend
+    from llmopt_assets.scoring.report import _measured_table
+
+    twin = [{**quality("kd+ah90", 30.0)[0], "identical_to": "kd"}]
+    table = table_of(
+        quality("base", 20.0), quality("kd", 30.0), twin,
+        comparison("base", BASE_SECONDS, AA, AA),
+        comparison("kd", BASE_SECONDS, [0.5 * w for w in WOBBLE], [0.5 * w for w in WOBBLE]),
+        comparison("kd+ah90", BASE_SECONDS, [0.45 * w for w in WOBBLE], [0.45 * w for w in WOBBLE]),
+    )
+    assert row_of(table, "kd+ah90")["identical_to"] == "kd"
+    assert "identical to kd: no head met the head-pruning criterion" in row_of(table, "kd+ah90")["flags"]
+    assert row_of(table, "kd")["identical_to"] is None and "identical" not in row_of(table, "kd")["flags"]
+    # Measured again, the twin may rank first by noise: the recommendation names whose it is.
+    best = recommend(table, "m", "balanced")
+    assert best.best == "kd+ah90" and "identical to kd" in best.sentence()
+    _, body = _measured_table(table, "m")
+    assert "kd+ah90 (= kd: no head removed)" in [line[0] for line in body]
+    # Rows measured before the column existed are read as distinct (unknown), not as an error.
+    assert row_of(table_of(quality("base", 20.0), quality("kd+ah90", 30.0)), "kd+ah90")["identical_to"] is None

@@ -146,6 +146,7 @@ class Recommendation:
     within_noise: tuple[str, ...] = ()
     caveats: tuple[str, ...] = ()
     flags: str = ""
+    identical_to: str | None = None  # the best's weights are this variant's (no head removed)
 
     def sentence(self) -> str:
         """One line a reader can act on: what to use, by how much, how sure."""
@@ -154,6 +155,8 @@ class Recommendation:
         interval = (f" [{self.opt_low:.3f}, {self.opt_high:.3f}]"
                     if self.opt_low is not None and self.opt_high is not None else "")
         text = f"{self.preset}: **{self.best}** (opt {self.opt:.3f}{interval})"
+        if self.identical_to:
+            text += f", identical to {self.identical_to} (no head met the pruning criterion, none removed)"
         if self.gap == "clearly ahead":
             text += f", clearly ahead of {self.runner_up} ({self.runner_up_opt:.3f})"
         elif self.gap == "within noise":
@@ -184,6 +187,7 @@ def recommend(table: pl.DataFrame, model: str, preset: str) -> Recommendation:
         opt_high=best["opt_high"], runner_up=runner_up["technique"] if runner_up else None,
         runner_up_opt=runner_up["opt"] if runner_up else None, gap=gap_verdict(best, runner_up),
         within_noise=within_noise, caveats=notes, flags=str(best_row.get("flags") or ""),
+        identical_to=best_row.get("identical_to") or None,
     )
 
 

@@ -37,7 +37,7 @@ from llmopt_assets.scoring.paper_tables import PAPER_TABLES, PUBLISHED, paper_cl
 
 # Bump with any change to the report or its charts (decision_report):
 # Dagster then marks what it made stale.
-CODE_VERSION = "3"
+CODE_VERSION = "4"
 
 # The summary reads "for energy use …, for runtime …, for balance …" in that order.
 SUMMARY_PRESETS = {"energy": "For energy use", "runtime": "For runtime", "balanced": "For balance"}
@@ -121,8 +121,9 @@ def _measured_table(table: pl.DataFrame, model: str) -> tuple[list[str], list[li
     header += benchmarks
     body = []
     for r in rows:
+        technique = r["technique"] + (f" (= {r['identical_to']}: no head removed)" if r.get("identical_to") else "")
         line = [
-            r["technique"], format_value(r.get("perplexity"), 2), _change(r.get("pc")) if r["technique"] != BASE else "-",
+            technique, format_value(r.get("perplexity"), 2), _change(r.get("pc")) if r["technique"] != BASE else "-",
             _mean_ci(r, "seconds"), _change(r.get("tc"), r.get("tc_ci95_low"), r.get("tc_ci95_high")),
             _mean_ci(r, "joules"), _change(r.get("ec"), r.get("ec_ci95_low"), r.get("ec_ci95_high")),
             " / ".join(format_value(r.get(f"opt_{p}")) for p in ("balanced", "energy", "runtime")),

@@ -19,7 +19,7 @@ from llmopt_assets.techniques.recipe import BASE
 
 # Bump with any change to the score table (opt_scores):
 # Dagster then marks what it made stale.
-CODE_VERSION = "2"
+CODE_VERSION = "3"
 
 CONTROL_FAILED = "control failed: the machine is too noisy for this comparison"
 NO_CONTROL = (
@@ -30,6 +30,20 @@ ENERGY_MIRRORS_TIME = "energy mirrors time: the energy preset is the runtime pre
 # Every estimate our meters make (CPU-seconds × W per core, carbontracker's constant power × wall
 # time, codecarbon's load model × time) is time times a power model: only these methods measure.
 MEASURED_ENERGY_METHODS = ("counter", "sampled-power")
+
+
+def identical_flag(technique: str, identical_to: str) -> str:
+    """The flag of a row whose weights are another variant's (a head pruning that removed none)."""
+    return (f"identical to {identical_to}: no head met the head-pruning criterion, none was removed; "
+            f"{technique} is {identical_to} measured again, not a distinct technique")
+
+
+def _identical_to(quality: pl.DataFrame) -> str | None:
+    """The variant a perplexity run's weights equal, None when distinct (or rows older than the column)."""
+    if "identical_to" not in quality.columns:
+        return None
+    named = [v for v in quality["identical_to"].to_list() if v]
+    return named[0] if named else None
 
 
 def _floats(values: list) -> list[float] | None:
@@ -171,7 +185,9 @@ def _split(measurements: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def opt_table(measurements: pl.DataFrame) -> pl.DataFrame:
     """One row per (model, technique) with Pc, Tc, Ec (and CIs), opt for every preset, the A/A
-    control's verdict (`control`, `control_failed`) and whether energy says more than time."""
+    control's verdict (`control`, `control_failed`), whether energy says more than time, and
+    `identical_to`: the variant whose weights this row's are (a head pruning that removed no
+    head), flagged, else None."""
     quality, comparisons = _split(measurements)
     keys = pl.concat([quality.select("model", "technique"), comparisons.select("model", "technique")]).unique(
         maintain_order=True
@@ -191,6 +207,9 @@ def opt_table(measurements: pl.DataFrame) -> pl.DataFrame:
         perplexity = variant_quality["perplexity"].mean() if variant_quality.height else None
         base_perplexity = base_quality["perplexity"].mean() if base_quality.height else None
         row["perplexity"] = perplexity
+        row["identical_to"] = _identical_to(variant_quality)
+        if row["identical_to"]:
+            flags.append(identical_flag(technique, row["identical_to"]))
         row["fingerprint"] = (variant_quality if variant_quality.height else comparison)["fingerprint"][0]
         for column in ("weights_bytes", "parameter_count"):  # memory, for the decision report
             if column in variant_quality.columns and variant_quality.height:

@@ -19,6 +19,21 @@ class CheckOutcome:
     passed: bool
     applies: bool  # False: the recipe has no such step, nothing to check (passes)
     metadata: dict = field(default_factory=dict)  # plain numbers, strings, lists
+    # ERROR: a failure means the technique's code is broken. WARN: the variant is not what its
+    # name suggests, though nothing is broken (a head pruning that found no head to remove).
+    severity: str = "ERROR"
+    description: str | None = None  # why it failed or warned, in one sentence
+
+
+def _no_head_met_criterion(heads: dict, details: dict) -> str:
+    identical = details.get("identical_to")
+    highest = heads.get("highest_concentration")
+    scored = f"; the most concentrated head scored {highest:.3f}" if highest is not None else ""
+    return (
+        f"no head met the criterion ({heads.get('criterion', 'concentration')} > {heads['threshold']:g}{scored}): "
+        "none removed, which is what the selection should do; the pruning code is not at fault, "
+        f"but this variant is {identical or 'its parent'} unchanged, not a distinct technique"
+    )
 
 
 def not_applicable(name: str) -> CheckOutcome:
@@ -26,21 +41,38 @@ def not_applicable(name: str) -> CheckOutcome:
 
 
 def heads_really_removed(details: dict) -> CheckOutcome:
-    """Heads were removed, and the parameter count fell by exactly what their projections held."""
+    """Heads were removed, and the parameter count fell by exactly what their projections held.
+
+    When no head met the criterion, none was removed and the parameters did not change: the
+    check does not pass (the variant's heads were not removed) but warns instead of failing
+    (nothing is broken), says so, and names the variant it is identical to. A parameter drop
+    that differs from the removed heads' projections is an error, with or without heads."""
     heads = details.get("prune-heads")
     if heads is None:
         return not_applicable("heads_really_removed")
     drop = heads["parameters_before"] - heads["parameters_after"]
+    exact = drop == heads["expected_parameter_drop"]
+    none_met = heads["heads_removed"] == 0 and exact
+    metadata = {
+        "heads_removed": heads["heads_removed"],
+        "parameter_drop": drop,
+        "expected_parameter_drop": heads["expected_parameter_drop"],
+        "heads_per_layer_after": heads["heads_per_layer_after"],
+        "no_head_met_criterion": none_met,
+    }
+    if none_met:
+        metadata["identical_to"] = details.get("identical_to") or "its parent"
+        return CheckOutcome(
+            "heads_really_removed", passed=False, applies=True, metadata=metadata, severity="WARN",
+            description=_no_head_met_criterion(heads, details),
+        )
     return CheckOutcome(
         "heads_really_removed",
-        passed=heads["heads_removed"] > 0 and drop == heads["expected_parameter_drop"],
+        passed=heads["heads_removed"] > 0 and exact,
         applies=True,
-        metadata={
-            "heads_removed": heads["heads_removed"],
-            "parameter_drop": drop,
-            "expected_parameter_drop": heads["expected_parameter_drop"],
-            "heads_per_layer_after": heads["heads_per_layer_after"],
-        },
+        metadata=metadata,
+        description=None if exact else f"the parameters fell by {drop}, the removed heads held "
+        f"{heads['expected_parameter_drop']}: the matrices were not sliced as the heads say",
     )
 
 

@@ -66,6 +66,11 @@ class Recipe:
         parts = [s["key"] for s in self.steps if s["step"] != "quantize"]
         return parse("+".join(parts)).key if parts else BASE
 
+    def without(self, kind: str) -> str:
+        """The key of this recipe without its `kind` step ('kd+nf4+ah90' without prune-heads:
+        'kd+nf4'); base when nothing is left."""
+        return parse(_join(*(s["key"] for s in self.steps if s["step"] != kind))).key
+
     @property
     def parent_key(self) -> str:
         """The technique whose weights this one starts from: its distillation, or base."""

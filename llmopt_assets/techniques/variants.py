@@ -16,7 +16,7 @@ from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.profiles import EvaluationProfile
 from llmopt_assets.techniques import distillation, distillation_data, head_pruning, quantization, sparsegpt
 from llmopt_assets.techniques.loading import load_variant
-from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe
+from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe, parse
 
 # Bump with any change to how variants and students are built here (step order, reuse, what is
 # stored); each technique module versions its own algorithm.
@@ -67,6 +67,22 @@ def weights_recipe(recipe: Recipe, profile: EvaluationProfile) -> list[dict]:
     return steps
 
 
+def identical_variant(recipe: Recipe, details: dict) -> str | None:
+    """The variant whose weights (and load) this one holds exactly, when a step changed nothing:
+    head pruning that found no head meeting its criterion removes none, so kd+ah90 is kd and
+    kd+nf4+ah90 is kd+nf4. None when every step changed the weights (or the details are older
+    than the head count). Its rows are then the other variant measured again, not a technique."""
+    heads = details.get("prune-heads")
+    if heads is None or heads.get("heads_removed") != 0 or recipe.step("prune-weights") is not None:
+        return None
+    return recipe.without("prune-heads")
+
+
+def _with_identity(recipe: Recipe, details: dict) -> dict:
+    identical = identical_variant(recipe, details)
+    return {**details, "identical_to": identical} if identical else details
+
+
 @dataclass
 class PruningOutcome:
     details: dict = field(default_factory=dict)
@@ -101,12 +117,17 @@ def prune(
         log(
             f"head pruning ({profile.head_criterion}) > {heads_step['threshold']:.0%}: "
             f"removed {removed} heads, {before - after} parameters"
+            + (f"; no head met the criterion (highest {float(concentration.max()):.3f}): the weights "
+               "are unchanged" if removed == 0 else "")
         )
         outcome.heads = heads
         outcome.details["prune-heads"] = {
             "threshold": heads_step["threshold"],
             "criterion": profile.head_criterion,
             "heads_removed": removed,
+            # True: no head scored above the threshold, nothing was removed (not a failure).
+            "no_head_met_criterion": removed == 0,
+            "highest_concentration": round(float(concentration.max()), 4),
             "heads_removed_per_layer": {str(k): v for k, v in sorted(heads.items())},
             "heads_per_layer_after": head_pruning.heads_per_layer(model),
             "parameters_before": before,
@@ -256,12 +277,14 @@ def materialize_variant(
             slug, recipe.weights_key, model, tokenizer,
             recipe=steps,
             parent_fingerprint=parent.fingerprint,
-            details=outcome.details,
+            details=_with_identity(parse(recipe.weights_key), outcome.details),
             extra_files=(lambda d: head_pruning.save_head_spec(d, heads)) if heads else None,
         )
     elif prunes:
         log(f"reusing the {recipe.weights_key} weights: same parent and recipe")
     details = dict(weights.details) if prunes else {}
+    details.pop("identical_to", None)  # the weights' (kd+ah90: kd); kd+nf4+ah90's is kd+nf4
+    details = _with_identity(recipe, details)
     quant = recipe.step("quantize")
     if quant is None:
         return weights, details

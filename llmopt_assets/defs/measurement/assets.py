@@ -32,7 +32,8 @@ from llmopt_assets.measure.versions import corpus_sha256, measurement_data_versi
 from llmopt_assets.models.architecture import context_length
 from llmopt_assets.profiles import comparison_protocol, perplexity_protocol
 from llmopt_assets.techniques.loading import load_variant
-from llmopt_assets.techniques.recipe import BASE
+from llmopt_assets.techniques.recipe import BASE, parse
+from llmopt_assets.techniques.variants import identical_variant
 
 
 def _measurement_failure(what: str, error: Exception, completed: int) -> dg.Failure:
@@ -103,6 +104,9 @@ def perplexity_run(
         # gone), for the decision's memory constraint and Pareto front.
         "weights_bytes": model.get_memory_footprint(),
         "parameter_count": manifest.parameter_count,
+        # The variant this one equals when a step changed nothing (kd+ah90 with no head removed
+        # is kd), else None: the score table flags such a row as not a distinct technique.
+        "identical_to": identical_variant(parse(technique), manifest.details),
     }
     meter = energy_meter.make()
     context.log.info(f"meter {meter.name}: {meter.probe()}")

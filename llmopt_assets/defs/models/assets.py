@@ -126,7 +126,11 @@ VARIANT_CHECKS = [
         "heads_really_removed",
         asset="compressed_variant",
         description="Head-pruned variants only: at least one head removed, and the parameter count "
-        "dropped by exactly the removed heads' q/k/v/o slices (the matrices really shrank).",
+        "dropped by exactly the removed heads' q/k/v/o slices (the matrices really shrank). When no "
+        "head met the criterion (e.g. a small distilled student at 90%), none is removed: the check "
+        "WARNS (yellow, not red: the pruning code did what it should) with no_head_met_criterion "
+        "and identical_to (the variant it equals, e.g. kd for kd+ah90) in its metadata; the score "
+        "table and the report flag that row as identical, not a distinct technique.",
     ),
     dg.AssetCheckSpec(
         "exact_n_m_sparsity",
@@ -209,4 +213,10 @@ def check_result(outcome: CheckOutcome) -> dg.AssetCheckResult:
         return dg.MetadataValue.json(item)
 
     metadata = {name: value(item) for name, item in outcome.metadata.items()}
-    return dg.AssetCheckResult(check_name=outcome.name, passed=outcome.passed, metadata=metadata)
+    return dg.AssetCheckResult(
+        check_name=outcome.name,
+        passed=outcome.passed,
+        metadata=metadata,
+        severity=dg.AssetCheckSeverity(outcome.severity),
+        description=outcome.description,
+    )
