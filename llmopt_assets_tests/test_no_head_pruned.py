@@ -59,3 +59,16 @@ def test_a_pruning_that_removed_heads_is_identical_to_nothing() -> None:
     assert identical_variant(parse("kd+nf4+ah90"), removed) is None
     assert identical_variant(parse("kd+nf4+ah90"), {"prune-heads": {"heads_removed": 0}}) == "kd+nf4"
     assert identical_variant(parse("kd+nf4"), {}) is None
+
+
+def test_the_warning_reaches_dagster_as_a_warn_severity_check() -> None:
+    import dagster as dg
+
+    from llmopt_assets.defs.models.assets import check_result
+
+    details = {"prune-heads": {"heads_removed": 0, "parameters_before": 10, "parameters_after": 10,
+                               "expected_parameter_drop": 0, "heads_per_layer_after": [4, 4], "threshold": 0.9},
+               "identical_to": "kd"}
+    result = check_result(checks.heads_really_removed(details))
+    assert result.passed is False and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.metadata["identical_to"].value == "kd" and "kd unchanged" in result.description
