@@ -7,7 +7,7 @@ every benchmark, §3.4.1). Variants come from the model store when materialized 
 built in memory (nf4 quantized at load, ah90 pruned on the profile's calibration windows).
 
     .venv/bin/python benchmarks/lm_eval_round.py [--limit 2] [--variants base,nf4,ah90]
-        [--benchmarks arc_challenge,hellaswag] [--batch-size 4] [--json out.json]
+        [--benchmarks arc_challenge,hellaswag] [--batch-size 4] [--lm-eval-model hflm] [--json out.json]
 
 Without --limit, the smoke profile's per-benchmark limits.
 """
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llmopt_assets.measure.benchmarks import run_benchmarks  # noqa: E402
+from llmopt_assets.measure.benchmarks import LM_EVAL_MODELS, PREFIX_CACHE_HFLM, run_benchmarks  # noqa: E402
 from llmopt_assets.measure.corpus import (  # noqa: E402
     WIKITEXT2_RAW_TEST,
     WIKITEXT2_VALID,
@@ -80,13 +80,16 @@ def main() -> None:
     parser.add_argument("--variants", default="base,nf4,ah90")
     parser.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS))
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lm-eval-model", choices=LM_EVAL_MODELS, default=PREFIX_CACHE_HFLM,
+                        help="hflm-prefix-cache: shared contexts once (default); hflm: lm-eval's plain HFLM")
     parser.add_argument("--store", default=str(STORE_DIR))
     parser.add_argument("--json", help="write every score here")
     args = parser.parse_args()
     names = args.benchmarks.split(",")
     limits = {n: args.limit for n in names} if args.limit else get_profile("smoke").benchmark_limits
     store = ModelStore(Path(args.store))
-    print(f"torch threads {torch.get_num_threads()}; limits {limits}; batch size {args.batch_size}")
+    print(f"torch threads {torch.get_num_threads()}; limits {limits}; batch size {args.batch_size}; "
+          f"lm-eval model {args.lm_eval_model}")
     results: dict[str, dict] = {}
     for technique in args.variants.split(","):
         model, tokenizer, origin = variant(technique, store, log=lambda m: print(f"  {m}"))
@@ -95,7 +98,7 @@ def main() -> None:
               f"{PERPLEXITY_WINDOWS}×{PERPLEXITY_LENGTH} tokens, evaluator {ppl_tokens_per_second:.0f} tokens/s")
         started = time.perf_counter()
         scores, failures = run_benchmarks(
-            model, tokenizer, names, limits, batch_size=args.batch_size,
+            model, tokenizer, names, limits, batch_size=args.batch_size, lm_eval_model=args.lm_eval_model,
             on_score=lambda s: print(
                 f"  {s.benchmark:15s} {s.metric:8s} {s.value:.4f} ± "
                 + (f"{s.stderr:.4f}" if s.stderr is not None else "n/a   ")

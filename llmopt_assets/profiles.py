@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 PAPER_BENCHMARKS = ("arc_challenge", "hellaswag", "mmlu", "truthfulqa_mc2", "winogrande")
 
+from llmopt_assets.measure.benchmarks import LM_EVAL_MODELS, PREFIX_CACHE_HFLM
 from llmopt_assets.measure.comparison import ComparisonProtocol
 from llmopt_assets.measure.perplexity import PerplexityProtocol
 
@@ -47,6 +48,9 @@ class EvaluationProfile:
     benchmark_limits: dict[str, int] = field(default_factory=dict)
     benchmark_source: str = "local"
     benchmark_batch_size: int = 4
+    # lm-eval's model: "hflm-prefix-cache" (each item's shared context run once, its choices scored
+    # from the KV cache: the same log-likelihoods, fewer tokens) or "hflm" (lm-eval's HFLM as is).
+    benchmark_lm_eval_model: str = PREFIX_CACHE_HFLM
     # How head pruning measures "a single token receives most of the attention" (§3.1); see
     # techniques/head_pruning.py: "single-key-share" (the literal reading) or "per-query-max".
     head_criterion: str = "single-key-share"  # HEAD_CRITERIA[0]
@@ -109,6 +113,10 @@ def get_profile(name: str, **overrides: object) -> EvaluationProfile:
     if profile.head_criterion not in HEAD_CRITERIA:
         raise ValueError(
             f"unknown head-pruning criterion {profile.head_criterion!r}; criteria: {', '.join(HEAD_CRITERIA)}"
+        )
+    if profile.benchmark_lm_eval_model not in LM_EVAL_MODELS:
+        raise ValueError(
+            f"unknown benchmark_lm_eval_model {profile.benchmark_lm_eval_model!r}; known: {', '.join(LM_EVAL_MODELS)}"
         )
     return profile
 

@@ -145,7 +145,7 @@ def _score(value: float, items: int, discrete: bool = True) -> BenchmarkScore:
         benchmark="b", task="b_local", metric="acc", value=value, stderr=None, stderr_method="", items=items,
         num_fewshot=0, limit=None, chance=0.25, discrete=discrete, lm_eval_version="", task_version="",
         task_hash="", seconds=0.0, loglikelihood_requests=0, loglikelihood_tokens=0, forward_tokens=0,
-        loglikelihood_seconds=0.0, tokens_per_second=None, source="local", fewshot_seed=1234,
+        loglikelihood_seconds=0.0, tokens_per_second=None, source="local", fewshot_seed=1234, lm_eval_model="hflm",
     )
 
 

@@ -144,6 +144,7 @@ def test_benchmark_round_scores_variants_and_widens_their_quality_term(project: 
     rows = pl.read_parquet(Path(project["root"]) / "tables" / "benchmark_run" / f"{MODEL}__int8.parquet")
     assert sorted(rows["benchmark"].to_list()) == ["arc_challenge", "winogrande"]
     assert rows["items"].to_list() == [3, 3]
+    assert rows["lm_eval_model"].to_list() == ["hflm-prefix-cache"] * 2  # the default, recorded
     table = pl.read_parquet(Path(project["root"]) / "tables" / "opt_scores.parquet")
     basis = dict(zip(table["technique"].to_list(), table["quality_basis"].to_list()))
     assert basis["base"] == "perplexity" and basis["kd"] == "perplexity"

@@ -125,6 +125,7 @@ class EvaluationProfileResource(dg.ConfigurableResource):
     benchmarks: list[str] | None = None  # a subset of the paper's five
     benchmark_limit: int | None = None  # the same item limit for every benchmark
     benchmark_source: str | None = None  # local (data/) or hub
+    benchmark_lm_eval_model: str | None = None  # hflm-prefix-cache (shared contexts once) or hflm
     head_criterion: str | None = None  # single-key-share (the paper read literally) or per-query-max
     # the students' training text: teacher-samples, hf:<path>[:<config>]:<split>, wikitext2-valid
     distillation_data: str | None = None
@@ -135,7 +136,7 @@ class EvaluationProfileResource(dg.ConfigurableResource):
             name: getattr(self, name)
             for name in ("repetitions", "max_length", "max_tokens", "sparsegpt_samples", "sparsegpt_length",
                          "cooldown_seconds", "pairs", "min_repetition_seconds", "max_warmup_rounds",
-                         "benchmark_source", "head_criterion", "distillation_data", "distillation_tokens")
+                         "benchmark_source", "benchmark_lm_eval_model", "head_criterion", "distillation_data", "distillation_tokens")
             if getattr(self, name) is not None
         }
         if self.benchmarks is not None:

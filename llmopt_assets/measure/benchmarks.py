@@ -18,11 +18,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Bump with any change to how a benchmark is run or scored here or in lm_eval_tasks/: Dagster
 # then marks benchmark_run stale.
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 # lm-eval's default few-shot seed: shots are the same ones the harness picks by default.
 FEWSHOT_SEED = 1234
 SOURCES = ("local", "hub")
+# The lm-eval model over the in-memory variant: lm-eval's HFLM as it is, or HFLM with each shared
+# context run once and its choices scored from the KV cache (measure/prefix_cache.py; the same
+# log-likelihoods up to float rounding, several times fewer tokens through the model).
+PLAIN_HFLM = "hflm"
+PREFIX_CACHE_HFLM = "hflm-prefix-cache"
+LM_EVAL_MODELS = (PLAIN_HFLM, PREFIX_CACHE_HFLM)
 
 
 @dataclass(frozen=True)
@@ -80,16 +86,21 @@ class BenchmarkScore:
     tokens_per_second: float | None  # loglikelihood_tokens / loglikelihood_seconds
     source: str
     fewshot_seed: int
+    lm_eval_model: str  # LM_EVAL_MODELS: plain HFLM or shared-context scoring
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _metered_lm_class():
+def _lm_classes() -> dict[str, type]:
     from lm_eval.models.huggingface import HFLM
+
+    from llmopt_assets.measure.prefix_cache import group_by_context, score_from_shared_context
 
     class MeteredHFLM(HFLM):
         """HFLM that counts and times its loglikelihood work (the throughput we report)."""
+
+        lm_eval_model = PLAIN_HFLM
 
         def reset_meter(self) -> None:
             self.requests = 0
@@ -99,7 +110,7 @@ def _metered_lm_class():
 
         def _loglikelihood_tokens(self, requests, disable_tqdm=False, override_bs=None):
             started = time.perf_counter()
-            result = super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+            result = self._score_requests(requests, override_bs)
             self.loglikelihood_seconds += time.perf_counter() - started
             self.requests += len(requests)
             # HFLM scores at most max_length + 1 tokens of each request (it truncates the left).
@@ -108,16 +119,79 @@ def _metered_lm_class():
             )
             return result
 
+        def _score_requests(self, requests, override_bs):
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+
         def _model_call(self, inps, attn_mask=None, labels=None):
             self.forward_tokens += inps.numel()
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
-    return MeteredHFLM
+    class PrefixCacheHFLM(MeteredHFLM):
+        """MeteredHFLM whose requests sharing a context run it once and score every continuation
+        from its KV cache. Requests HFLM would truncate, lone contexts, and every request of a
+        model whose forward pass cannot continue from a cache take HFLM's own path."""
+
+        lm_eval_model = PREFIX_CACHE_HFLM
+        prefix_cache_unusable: str | None = None  # why the model fell back to the plain path
+
+        def _count_forward(self, tokens: int) -> None:
+            self.forward_tokens += tokens
+
+        def _score_requests(self, requests, override_bs):
+            if self.backend != "causal" or self.prefix_cache_unusable:
+                return super()._score_requests(requests, override_bs)
+            shared = group_by_context(requests, self.max_length)
+            results: list[tuple[float, bool] | None] = [None] * len(requests)
+            plain = list(shared.plain)
+            batch_size = self.batch_size if isinstance(self.batch_size, int) else override_bs or 0
+            for context, indices in shared.groups.items():
+                if self.prefix_cache_unusable:
+                    plain += indices
+                    continue
+                try:
+                    with torch.no_grad(), torch.autocast(
+                        device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                        enabled=self.mixed_precision_dtype is not None,
+                    ):
+                        scored = score_from_shared_context(
+                            self.model, context, [requests[i][2] for i in indices],
+                            batch_size=batch_size or len(indices), softmax_dtype=self.softmax_dtype,
+                            on_forward=self._count_forward,
+                        )
+                except (TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError) as error:
+                    # A forward pass that cannot continue from a cache: this model takes HFLM's path.
+                    self.prefix_cache_unusable = f"{type(error).__name__}: {error}"
+                    logging.getLogger(__name__).warning(
+                        "shared-context scoring unusable on %s, plain HFLM instead: %s",
+                        type(self.model).__name__, self.prefix_cache_unusable,
+                    )
+                    plain += indices
+                    continue
+                for index, answer in zip(indices, scored, strict=True):
+                    results[index] = answer
+                    if requests[index][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+            if plain:
+                plain.sort()
+                answers = super()._score_requests([requests[i] for i in plain], override_bs)
+                for index, answer in zip(plain, answers, strict=True):
+                    results[index] = answer
+            return results
+
+    return {PLAIN_HFLM: MeteredHFLM, PREFIX_CACHE_HFLM: PrefixCacheHFLM}
 
 
-def wrap_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch_size: int = 4, max_length: int | None = None):
+def wrap_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int = 4,
+    max_length: int | None = None,
+    lm_eval_model: str = PREFIX_CACHE_HFLM,
+):
     """An lm-eval model over the in-memory transformers model (nothing reloaded or re-quantized)."""
-    lm_class = _metered_lm_class()
+    if lm_eval_model not in LM_EVAL_MODELS:
+        raise ValueError(f"lm_eval_model must be one of {LM_EVAL_MODELS}, got {lm_eval_model!r}")
+    lm_class = _lm_classes()[lm_eval_model]
     lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     lm.reset_meter()
     return lm
@@ -231,6 +305,7 @@ def run_benchmark(
         tokens_per_second=lm.request_tokens / lm.loglikelihood_seconds if lm.loglikelihood_seconds > 0 else None,
         source=source,
         fewshot_seed=seed,
+        lm_eval_model=lm.lm_eval_model,
     )
 
 
@@ -244,6 +319,7 @@ def run_benchmarks(
     data_dir: Path | None = None,
     batch_size: int = 4,
     seed: int = FEWSHOT_SEED,
+    lm_eval_model: str = PREFIX_CACHE_HFLM,
     on_score=None,
 ) -> tuple[list[BenchmarkScore], dict[str, str]]:
     """Every named benchmark on the in-memory model; `limits` caps items per benchmark. Returns
@@ -253,7 +329,7 @@ def run_benchmarks(
         raise ValueError(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
     quiet_lm_eval()
     limits = limits or {}
-    lm = wrap_model(model, tokenizer, batch_size=batch_size)
+    lm = wrap_model(model, tokenizer, batch_size=batch_size, lm_eval_model=lm_eval_model)
     tasks = task_manager(source, data_dir)
     scores, failures = [], {}
     with torch.inference_mode():

@@ -40,7 +40,10 @@ def benchmark_run(
     """The profile's lm-eval benchmarks (arc_challenge 25-shot acc_norm, hellaswag 10-shot
     acc_norm, mmlu 5-shot acc, truthfulqa_mc2 0-shot, winogrande 5-shot acc) on the variant as
     loaded (quantized, head-pruned), one row per benchmark: score, stderr, items, chance level,
-    lm-eval and task versions, task hash, wall time and loglikelihood tokens/s."""
+    lm-eval and task versions, task hash, wall time and loglikelihood tokens/s. By default each
+    item's shared context runs once and its choices are scored from the KV cache
+    (`lm_eval_model: hflm-prefix-cache`); the profile's `benchmark_lm_eval_model: hflm` runs
+    lm-eval's plain HFLM instead."""
     slug, technique = variant_key(context)
     store = model_store.store()
     evaluation = profile.get()
@@ -56,6 +59,7 @@ def benchmark_run(
         source=evaluation.benchmark_source,
         data_dir=DATA_DIR,
         batch_size=evaluation.benchmark_batch_size,
+        lm_eval_model=evaluation.benchmark_lm_eval_model,
         on_score=lambda s: context.log.info(
             f"{s.benchmark}: {s.metric} {s.value:.4f} ± {s.stderr if s.stderr is not None else float('nan'):.4f} "
             f"over {s.items} items (chance {s.chance:.3f}), {s.seconds:.1f} s"
@@ -82,13 +86,19 @@ def benchmark_run(
         "seconds_total": dg.MetadataValue.float(sum(s.seconds for s in scores)),
         "threads": dg.MetadataValue.int(threads),
         "lm_eval_version": scores[0].lm_eval_version if scores else "unknown",
+        # hflm | hflm-prefix-cache: how the loglikelihood requests were run (same values)
+        "lm_eval_model": evaluation.benchmark_lm_eval_model,
         "scores": dg.MetadataValue.json([s.to_dict() for s in scores]),
         "fingerprint": manifest.fingerprint,
     }
     version = measurement_data_version(
         fingerprint=manifest.fingerprint,
         corpus_sha256=None,  # the benchmark data is named by each score's task hash
-        protocol={"lm_eval": metadata["lm_eval_version"], "task_hashes": sorted(s.task_hash for s in scores)},
+        protocol={
+            "lm_eval": metadata["lm_eval_version"],
+            "lm_eval_model": evaluation.benchmark_lm_eval_model,
+            "task_hashes": sorted(s.task_hash for s in scores),
+        },
         profile=evaluation.to_dict(),
         device=compute.resolved_device(),
         hardware=compute.dtype,
