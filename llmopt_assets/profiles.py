@@ -54,6 +54,10 @@ class EvaluationProfile:
     # How head pruning measures "a single token receives most of the attention" (§3.1); see
     # techniques/head_pruning.py: "single-key-share" (the literal reading) or "per-query-max".
     head_criterion: str = "single-key-share"  # HEAD_CRITERIA[0]
+    # SmoothQuant's calibration for int8-dyn (techniques/smoothing.py): windows of the calibration
+    # split whose per-channel max |activation| sets the smoothing factors.
+    smoothing_samples: int = 16
+    smoothing_length: int = 512
 
     def to_dict(self) -> dict:
         return asdict(self)

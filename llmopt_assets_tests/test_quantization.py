@@ -1,3 +1,5 @@
+import copy
+
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnb_functional
 import pytest
@@ -13,6 +15,7 @@ from llmopt_assets.techniques.quantization import (
     BlockStraddlingLinear4bit,
     count_quantized_modules,
     dequantize_4bit_flat_blocks,
+    full_range_activations_are_exact,
     quantizable_linear_names,
     quantize,
     weight_bytes,
@@ -313,18 +316,20 @@ def test_offline_hub_kernel_notice_is_recorded_not_logged() -> None:
         quantization._HubKernelNotice.reason = saved
 
 
-def dynamic_int8_by_hand(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def dynamic_int8_by_hand(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, levels: int = 127
+) -> torch.Tensor:
     """Dynamic int8 linear written out: int8 weights with one symmetric scale per output row,
-    activations quantized per tensor to the 7-bit unsigned range fbgemm uses, exact integer
-    products, fp32 output."""
+    activations quantized per tensor to the unsigned range 0..levels (127: the 7-bit range torch
+    asks fbgemm for), exact integer products, fp32 output."""
     # weights: the range [-absmax, absmax] spread over the 255 steps of [-128, 127]
     w_scale = (weight.abs().amax(dim=1).double() / 127.5).float()
     w_int8 = torch.clamp(torch.round(weight * (1.0 / w_scale)[:, None]), -128, 127)
     # activations: [min(x, 0), max(x, 0)] onto 0..127, zero point rounded to an integer
     low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
-    x_scale = (high - low) / 127
+    x_scale = (high - low) / levels
     zero_point = round(-low / x_scale)
-    x_uint = torch.clamp(torch.round(x / x_scale) + zero_point, 0, 127)
+    x_uint = torch.clamp(torch.round(x / x_scale) + zero_point, 0, levels)
     accumulated = (x_uint - zero_point).double() @ w_int8.double().T  # exact in int32 and fp64
     return (accumulated * x_scale * w_scale.double()[None, :] + bias.double()).float()
 
@@ -349,6 +354,35 @@ def test_dynamic_int8_linear_matches_the_scheme_by_hand() -> None:
     # int8 codes, per-row scale (float64) and zero point (int64), fp32 bias
     assert report.linear_weight_bytes_after == 96 * 160 + 160 * 8 + 160 * 8 + 160 * 4
     assert report.linear_weight_bytes_before == 4 * (96 * 160 + 160)
+
+
+def test_per_token_dynamic_int8_is_the_by_hand_scheme_on_rows_scaled_to_one() -> None:
+    """Each token divided by its max |x|, the per-tensor scheme by hand on the result, each output
+    row multiplied back, the bias added last; and a token 300x louder than the rest no longer
+    costs the others their resolution, as it does with one scale per tensor."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 64) * 0.1, torch.randn(48)
+    x = torch.randn(10, 64) + 0.3
+    x[4] *= 300.0  # an outlier token, like an attention sink's hidden state
+    linear = nn.Linear(64, 48)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    per_token, per_tensor = nn.Sequential(linear), nn.Sequential(copy.deepcopy(linear))
+
+    quantize(per_token, "int8-dyn", skip_modules=(), activation_scaling="per-token")
+    quantize(per_tensor, "int8-dyn", skip_modules=())
+
+    token_max = x.abs().amax(dim=1, keepdim=True)
+    levels = 255 if full_range_activations_are_exact() else 127
+    expected = dynamic_int8_by_hand(x / token_max, weight, torch.zeros(48), levels) * token_max + bias
+    with torch.no_grad():
+        assert relative_error(per_token(x), expected) < 1e-5
+        exact = torch.nn.functional.linear(x, weight, bias)
+        quiet = [row for row in range(10) if row != 4]
+        assert relative_error(per_token(x)[quiet], exact[quiet]) * 10 < relative_error(per_tensor(x)[quiet], exact[quiet])
+    with pytest.raises(ValueError, match="applies to int8-dyn only"):
+        quantize(nn.Sequential(nn.Linear(64, 48)), "int8", activation_scaling="per-token")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "opt", "llama"])

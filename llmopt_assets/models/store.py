@@ -374,10 +374,14 @@ class ModelStore:
         recipe: list[dict],
         load: dict,
         details: dict | None = None,
+        extra_files: Callable[[Path], None] | None = None,
     ) -> Manifest:
-        """An artifact that reuses another artifact's weights and changes how they load."""
+        """An artifact that reuses another artifact's weights and changes how they load
+        (``extra_files``: what the loading needs beside the manifest, e.g. smoothing factors)."""
 
         def fill(staging: Path) -> Manifest:
+            if extra_files is not None:
+                extra_files(staging)
             return Manifest(
                 model=model_slug,
                 technique=technique,
@@ -393,6 +397,15 @@ class ModelStore:
             )
 
         return self._commit(model_slug, technique, fill)
+
+    def artifact_file(self, manifest: Manifest, name: str) -> Path:
+        """A file the artifact itself holds (not its weights): written by ``extra_files``."""
+        path = inside(self.root, self.artifact_dir(manifest.model, manifest.technique) / name)
+        if not path.is_file():
+            raise CorruptArtifactError(
+                f"{manifest.model}|{manifest.technique} names {name} but {path} is missing: rematerialize it"
+            )
+        return path
 
     def weights_path(self, manifest: Manifest) -> Path:
         """The version directory holding the artifact's weights (its parent's, for a derived one),

@@ -7,7 +7,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmopt_assets.models.store import CorruptArtifactError, Manifest, ModelStore
-from llmopt_assets.techniques import head_pruning, quantization
+from llmopt_assets.techniques import head_pruning, quantization, smoothing
 
 
 def load_variant(
@@ -37,5 +37,14 @@ def load_variant(
     model = model.to(device).eval()
     scheme = manifest.load.get("quantization")
     if scheme and quantize:
-        quantization.quantize(model, scheme, compute_dtype=dtype, device=device)
+        smoothed = manifest.load.get("smoothing")
+        if smoothed:
+            # SmoothQuant factors chosen when the variant was built, folded before quantizing.
+            path = store.artifact_file(manifest, smoothed["file"])
+            factors = smoothing.load_factors(path, smoothed["sha256"] if verify else None)
+            smoothing.fold_smoothing(model, smoothing.smoothing_groups(model)[0], factors)
+        quantization.quantize(
+            model, scheme, compute_dtype=dtype, device=device,
+            activation_scaling=manifest.load.get("activation_scaling", quantization.PER_TENSOR),
+        )
     return model, AutoTokenizer.from_pretrained(directory)

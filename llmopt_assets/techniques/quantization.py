@@ -23,6 +23,7 @@ Two schemes beyond the paper aim at the hardware users have, a CPU (issue 15):
   of the recipes: one precision per variant, applied at load over the parent's weights.
 """
 
+import functools
 import logging
 import warnings
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from transformers.pytorch_utils import Conv1D
 
 # Bump with any change to how bitsandbytes quantization is applied (int8, nf4, fp4 variants):
 # Dagster then marks what it made stale.
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: int8-dyn with SmoothQuant factors (issue 15)
 
 
 class _HubKernelNotice(logging.Filter):
@@ -63,6 +64,11 @@ class _HubKernelNotice(logging.Filter):
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_HubKernelNotice())
 import bitsandbytes as bnb  # noqa: E402  (after the filter: the notice is logged at import)
 
+# int8-dyn's activation scales, a recorded choice of each recipe (issue 15): torch's one scale
+# per tensor as is, or one per token (TokenScaledDynamicLinear). SmoothQuant factors may be folded
+# into the weights before either (techniques/smoothing.py).
+PER_TENSOR, PER_TOKEN = "per-tensor", "per-token"
+ACTIVATION_SCALINGS = (PER_TENSOR, PER_TOKEN)
 BNB_SCHEMES = ("int8", "nf4", "fp4")
 SCHEMES = (*BNB_SCHEMES, "int8-dyn", "bf16")
 QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit, quantized_dynamic.Linear)
@@ -127,6 +133,7 @@ def quantize(
     double_quant: bool = False,
     cpu_fused_4bit: bool = True,
     device: str | torch.device = "cpu",
+    activation_scaling: str = PER_TENSOR,
 ) -> QuantizationReport:
     """Replace the model's linear layers by bitsandbytes ones, in place, and quantize them on ``device``.
 
@@ -145,10 +152,15 @@ def quantize(
     LLM.int8 decomposes activations only in eval mode: in training mode bitsandbytes dequantizes
     the weights on CPU and runs a plain floating point matmul.
 
-    ``int8-dyn`` needs ``device='cpu'`` and fp32 compute; ``bf16`` casts the whole model and
-    ignores ``compute_dtype`` (see the module docstring).
+    ``int8-dyn`` needs ``device='cpu'`` and fp32 compute; its ``activation_scaling`` is
+    ``per-tensor`` (torch's layer as is) or ``per-token`` (TokenScaledDynamicLinear). ``bf16``
+    casts the whole model and ignores ``compute_dtype`` (see the module docstring).
     """
     _check_scheme(scheme)
+    if activation_scaling not in ACTIVATION_SCALINGS:
+        raise ValueError(f"unknown activation scaling {activation_scaling!r}; known: {ACTIVATION_SCALINGS}")
+    if activation_scaling != PER_TENSOR and scheme != "int8-dyn":
+        raise ValueError(f"activation scaling {activation_scaling!r} applies to int8-dyn only, not {scheme!r}")
     device = torch.device(device)
     if scheme == "int8-dyn":
         _check_int8_dynamic_fits(device, compute_dtype)
@@ -179,7 +191,8 @@ def quantize(
         linear = conv1d_to_linear(original) if isinstance(original, Conv1D) else original
         bias = None if linear.bias is None else linear.bias.detach()
         if scheme == "int8-dyn":
-            quantized = dynamic_int8_linear(linear)
+            per_token = activation_scaling == PER_TOKEN
+            quantized = TokenScaledDynamicLinear(linear) if per_token else dynamic_int8_linear(linear)
             setattr(parent, child_name, quantized.train(original.training))
             del original, linear
             continue
@@ -216,7 +229,15 @@ def quantize(
         config |= {
             "engine": torch.backends.quantized.engine,
             "weights": "int8, symmetric, one scale per output row (absmax / 127.5)",
-            "activations": "uint8 (7-bit range), affine, one scale per tensor chosen at run time",
+            "activation_scaling": activation_scaling,
+            "activation_bits": 8 if activation_scaling == PER_TOKEN and full_range_activations_are_exact() else 7,
+            "activations": (
+                "uint8 (7-bit range), affine, one scale per tensor chosen at run time"
+                if activation_scaling == PER_TENSOR else
+                f"each token divided by its max |x|, then uint8 "
+                f"({'8-bit' if full_range_activations_are_exact() else '7-bit'} range) affine over "
+                "the tensor (one scale per token in effect), output rows multiplied back"
+            ),
             "compute_dtype": "float32",
         }
     elif scheme == "bf16":
@@ -346,6 +367,52 @@ def dynamic_int8_linear(linear: nn.Linear) -> quantized_dynamic.Linear:
         quantized = quantized_dynamic.Linear.from_float(linear)
     del linear.qconfig
     return quantized
+
+
+@functools.cache
+def full_range_activations_are_exact() -> bool:
+    """Whether this CPU's dynamic int8 kernel takes activations over the whole uint8 range.
+
+    torch calls fbgemm with ``reduce_range=True`` (7-bit activations) because without VNNI the
+    u8 x s8 products are summed in pairs into int16 (vpmaddubsw), which saturates when both are
+    near their maxima (255 · 127 · 2 > 32767). Checked on the kernel itself, once: every
+    activation code 255 against every weight code 127 must come out exact."""
+    linear = nn.Linear(256, 64, bias=False)
+    with torch.no_grad():
+        linear.weight.fill_(1.0)
+    x = torch.full((8, 256), 2.0)
+    x[:, 0] = 0.0  # the range [0, 2]: codes 0 and 255
+    quantized = dynamic_int8_linear(linear)
+    output = torch.ops.quantized.linear_dynamic(x, quantized._packed_params._packed_params, reduce_range=False)
+    exact = x @ quantized.weight().dequantize().T  # 2.0 and 0.0 are exact codes: no rounding here
+    return bool(((output - exact).abs() / exact).max() < 1e-3)
+
+
+class TokenScaledDynamicLinear(nn.Module):
+    """torch's dynamic int8 linear with one activation scale per token instead of one per tensor.
+
+    A linear map commutes with scaling each input row: W x_t = a_t · W (x_t / a_t). Dividing every
+    token by its own max |x| before fbgemm's per-tensor quantizer, and multiplying each output row
+    back, gives every token the whole code range, as per-token quantization does (a token with a
+    100x outlier no longer flattens the others to a few codes), on the same fast kernel. The bias
+    is added after the rescaling. Activations use all 8 bits where the kernel is exact with them
+    (``full_range_activations_are_exact``), else torch's 7."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        unbiased = nn.Linear(linear.in_features, linear.out_features, bias=False, device="meta")
+        unbiased.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
+        self.quantized = dynamic_int8_linear(unbiased)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_range = not full_range_activations_are_exact()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        token_max = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_min_(1e-30)
+        packed = self.quantized._packed_params._packed_params
+        output = torch.ops.quantized.linear_dynamic(x / token_max, packed, reduce_range=self.reduce_range)
+        output = output.mul_(token_max)
+        return output if self.bias is None else output.add_(self.bias)
 
 
 def _check_int8_dynamic_fits(device: torch.device, compute_dtype: torch.dtype) -> None:

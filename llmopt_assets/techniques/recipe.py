@@ -31,7 +31,12 @@ QUANTIZE = {
     # Beyond the paper (issue 15), for the CPU: torch's dynamic int8 kernels, and bfloat16
     # weights and compute. bf16 is a precision, not a quantizer, but it composes the same way:
     # one per variant, applied at load over the parent's (pruned / distilled) weights.
-    "int8-dyn": {"step": "quantize", "scheme": "int8-dyn"},
+    # int8-dyn: SmoothQuant (Xiao et al. 2023) factors at the paper's α = 0.5 folded into the
+    # weights, then torch's dynamic int8 kernel with one activation scale per token (see
+    # quantization.TokenScaledDynamicLinear). int8-dyn-tensor: torch's layer as is, one scale per
+    # activation tensor (3x the perplexity on SmolLM2-135M: benchmarks/README.md), for comparison.
+    "int8-dyn": {"step": "quantize", "scheme": "int8-dyn", "activation_scaling": "per-token", "smoothquant_alpha": 0.5},
+    "int8-dyn-tensor": {"step": "quantize", "scheme": "int8-dyn", "activation_scaling": "per-tensor"},
     "bf16": {"step": "quantize", "scheme": "bf16"},
 }
 # Families in application order; key order when written: kd, quantization, pruning (as the
@@ -85,7 +90,7 @@ def _family_of(part: str) -> str:
     raise RecipeError(
         f"unknown technique {part!r}. Valid keys: {', '.join(technique_keys())}; "
         "combine one per family with '+': distillation (kd, kd-rkl), quantization "
-        "(int8, fp4, nf4, int8-dyn, bf16), head pruning (ah90, ah80), weight pruning "
+        "(int8, fp4, nf4, int8-dyn, int8-dyn-tensor, bf16), head pruning (ah90, ah80), weight pruning "
         "(sparsegpt-2:4, sparsegpt-50, magnitude-2:4)"
     )
 

@@ -3,8 +3,10 @@ in memory. Quantization is recorded and applied when the variant is loaded (bits
 quantizes at load)."""
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -14,7 +16,7 @@ from llmopt_assets.models.architecture import context_length, decoder_layers
 from llmopt_assets.models.registry import ModelSpec
 from llmopt_assets.models.store import Manifest, ModelStore
 from llmopt_assets.profiles import EvaluationProfile
-from llmopt_assets.techniques import distillation, distillation_data, head_pruning, quantization, sparsegpt
+from llmopt_assets.techniques import distillation, distillation_data, head_pruning, quantization, smoothing, sparsegpt
 from llmopt_assets.techniques.loading import load_variant
 from llmopt_assets.techniques.recipe import BASE, DISTILL, Recipe, parse
 
@@ -290,16 +292,61 @@ def materialize_variant(
         return weights, details
     model, _ = load_variant(store, weights, verify=False)
     quantizable = len(quantization.quantizable_linear_names(model))
-    report = quantization.quantize(model, quant["scheme"], device=device)
+    smoothing_calibration = None
+    smoothing_length = min(profile.smoothing_length, context_length(model))
+    if quant.get("smoothquant_alpha") is not None:
+        smoothing_calibration = calibration_windows(
+            load_tokens(store.corpus_path(slug, "calibration")),
+            profile.smoothing_samples, smoothing_length, seed=CALIBRATION_SEED,
+        )
+    outcome = quantize_step(model, quant, smoothing_calibration, device)
     details["quantize"] = {
-        **report.to_dict(),
+        **outcome.report.to_dict(),
+        "smoothing": outcome.smoothing_report.to_dict() if outcome.smoothing_report else None,
         "quantizable_linear_layers": quantizable,
         "bnb_modules_found": quantization.count_quantized_modules(model),
     }
+    load: dict = {"quantization": quant["scheme"]}
+    if "activation_scaling" in quant:
+        load["activation_scaling"] = quant["activation_scaling"]
+    steps = [versioned(step) for step in recipe.steps]
+    extra_files = None
+    if outcome.factors is not None:
+        data = smoothing.factors_bytes(outcome.factors)
+
+        def extra_files(directory: Path) -> None:
+            (directory / smoothing.FACTORS_FILE).write_bytes(data)
+
+        calibration = {"samples": profile.smoothing_samples, "length": smoothing_length, "seed": CALIBRATION_SEED}
+        steps = [{**s, "calibration": calibration} if s["step"] == "quantize" else s for s in steps]
+        load["smoothing"] = {"file": smoothing.FACTORS_FILE, "alpha": quant["smoothquant_alpha"],
+                             "sha256": hashlib.sha256(data).hexdigest()}
     manifest = store.write_derived(
-        slug, recipe.key, weights,
-        recipe=[versioned(step) for step in recipe.steps],
-        load={"quantization": quant["scheme"]},
-        details=details,
+        slug, recipe.key, weights, recipe=steps, load=load, details=details, extra_files=extra_files,
     )
     return manifest, details
+
+
+@dataclass
+class QuantizeOutcome:
+    report: quantization.QuantizationReport
+    factors: dict[str, torch.Tensor] | None = None  # SmoothQuant factors folded before quantizing
+    smoothing_report: smoothing.SmoothingReport | None = None
+
+
+def quantize_step(
+    model: PreTrainedModel, step: dict, calibration: torch.Tensor | None, device: str = "cpu"
+) -> QuantizeOutcome:
+    """Apply a recipe's quantize step to a model in memory: SmoothQuant first when the step names
+    a migration strength (``calibration``: [windows, length] token ids), then the scheme with the
+    step's activation scaling."""
+    factors = report = None
+    if step.get("smoothquant_alpha") is not None:
+        if calibration is None:
+            raise ValueError(f"{step.get('key', step)}: SmoothQuant needs calibration windows")
+        factors, report = smoothing.smooth(model, calibration, step["smoothquant_alpha"])
+    quantized = quantization.quantize(
+        model, step["scheme"], device=device,
+        activation_scaling=step.get("activation_scaling", quantization.PER_TENSOR),
+    )
+    return QuantizeOutcome(quantized, factors, report)
