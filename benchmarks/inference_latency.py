@@ -8,7 +8,7 @@ Rounds are interleaved over the variants; the median round is reported with the 
 base of the same round set. Head-pruned variants (ah90, int8-dyn+ah90) are pruned here first
 with the smoke profile's calibration (minutes on 2 cores), only when asked for.
 
-    .venv/bin/python benchmarks/inference_latency.py [--variants base,int8-dyn,bf16,int8,nf4,fp4]
+    .venv/bin/python benchmarks/inference_latency.py [--variants base,int8-dyn,int8-dyn-tensor,bf16,int8,nf4,fp4]
         [--prompt 128] [--new-tokens 32] [--rounds 3]
 """
 
@@ -21,7 +21,7 @@ import torch
 import speed_common as common
 from llmopt_assets.measure.corpus import WIKITEXT2_VALID, file_text, tokenize_stream
 from llmopt_assets.profiles import PROFILES
-from llmopt_assets.techniques import quantization, variants
+from llmopt_assets.techniques import variants
 from llmopt_assets.techniques.recipe import parse
 
 
@@ -32,8 +32,8 @@ def build(key: str, base, calibration: torch.Tensor):
     if recipe.step("prune-heads") or recipe.step("prune-weights"):
         variants.prune(model, recipe, calibration, PROFILES["smoke"], log=lambda message: None)
     step = recipe.step("quantize")
-    if step is not None:
-        quantization.quantize(model, step["scheme"])
+    if step is not None:  # int8-dyn's SmoothQuant factors from the smoke profile's windows
+        variants.quantize_step(model, step, calibration, PROFILES["smoke"])
     if recipe.step("distill"):
         raise ValueError(f"{key}: distilled variants need their trained student; not built here")
     return model.eval()
@@ -60,7 +60,7 @@ def measure(model, prompt_1: torch.Tensor, prompt_8: torch.Tensor, new_tokens: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="base,int8-dyn,bf16,int8,nf4,fp4")
+    parser.add_argument("--variants", default="base,int8-dyn,int8-dyn-tensor,bf16,int8,nf4,fp4")
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)

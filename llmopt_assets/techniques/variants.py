@@ -292,14 +292,9 @@ def materialize_variant(
         return weights, details
     model, _ = load_variant(store, weights, verify=False)
     quantizable = len(quantization.quantizable_linear_names(model))
-    smoothing_calibration = None
     smoothing_length = min(profile.smoothing_length, context_length(model))
-    if quant.get("smoothquant_alpha") is not None:
-        smoothing_calibration = calibration_windows(
-            load_tokens(store.corpus_path(slug, "calibration")),
-            profile.smoothing_samples, smoothing_length, seed=CALIBRATION_SEED,
-        )
-    outcome = quantize_step(model, quant, smoothing_calibration, device)
+    stream = load_tokens(store.corpus_path(slug, "calibration")) if quant.get("smoothquant_alpha") else None
+    outcome = quantize_step(model, quant, stream, profile, device)
     details["quantize"] = {
         **outcome.report.to_dict(),
         "smoothing": outcome.smoothing_report.to_dict() if outcome.smoothing_report else None,
@@ -335,15 +330,21 @@ class QuantizeOutcome:
 
 
 def quantize_step(
-    model: PreTrainedModel, step: dict, calibration: torch.Tensor | None, device: str = "cpu"
+    model: PreTrainedModel,
+    step: dict,
+    calibration_stream: torch.Tensor | None,
+    profile: EvaluationProfile,
+    device: str = "cpu",
 ) -> QuantizeOutcome:
     """Apply a recipe's quantize step to a model in memory: SmoothQuant first when the step names
-    a migration strength (``calibration``: [windows, length] token ids), then the scheme with the
-    step's activation scaling."""
+    a migration strength (factors from the profile's smoothing windows of ``calibration_stream``,
+    the calibration split's tokens), then the scheme with the step's activation scaling."""
     factors = report = None
     if step.get("smoothquant_alpha") is not None:
-        if calibration is None:
-            raise ValueError(f"{step.get('key', step)}: SmoothQuant needs calibration windows")
+        if calibration_stream is None:
+            raise ValueError(f"{step.get('key', step)}: SmoothQuant needs the calibration corpus")
+        length = min(profile.smoothing_length, context_length(model))
+        calibration = calibration_windows(calibration_stream, profile.smoothing_samples, length, seed=CALIBRATION_SEED)
         factors, report = smoothing.smooth(model, calibration, step["smoothquant_alpha"])
     quantized = quantization.quantize(
         model, step["scheme"], device=device,
