@@ -112,7 +112,7 @@ def main() -> None:
     base, tokenizer = common.load_model()
     profile = PROFILES["smoke"]
     stream = tokenize_stream(tokenizer, file_text(WIKITEXT2_VALID))
-    calibration = calibration_windows(stream, profile.sparsegpt_samples, profile.sparsegpt_length, seed=CALIBRATION_SEED)
+    calibration = calibration_windows(stream, profile.smoothing_samples, profile.smoothing_length, seed=CALIBRATION_SEED)
     ids = common.wikitext_ids(tokenizer, None)
     protocol = PerplexityProtocol("wikitext2", "\n\n", args.max_length, args.max_length, "float32", args.tokens)
     speed_ids = ids[: args.speed_tokens].reshape(1, -1)

@@ -57,7 +57,7 @@ class EvaluationProfile:
     # SmoothQuant's calibration for int8-dyn (techniques/smoothing.py): windows of the calibration
     # split whose per-channel max |activation| sets the smoothing factors.
     smoothing_samples: int = 16
-    smoothing_length: int = 512
+    smoothing_length: int = 256  # 4k tokens: what benchmarks/int8_activation_scaling.py measured with
 
     def to_dict(self) -> dict:
         return asdict(self)
