@@ -26,13 +26,14 @@ from llmopt_assets.scoring.table import opt_table
 def opt_scores(
     context: dg.AssetExecutionContext, measurements: pl.DataFrame, benchmark_run: pl.DataFrame
 ) -> pl.DataFrame:
-    """Per variant: Pc (perplexity ratio), Tc and Ec (time and energy ratios with 95% CIs and a
-    Welch significance flag) against the same model's base, and opt = Pc^1.5·(α·Tc + β·Ec) for the
-    balanced, energy and runtime presets (paper Eq. 1, Table 3). Lower is better. Where the
-    benchmark round ran on a variant and its base, the quality term is the mean of Pc_n^1.5 over
-    the perplexity ratio and every informative benchmark (§3.4.1; one whose base is above chance,
-    the others are shown in `flags` and left out); `quality_basis` says which term opt used,
-    and the perplexity-only penalty and opt are kept beside it."""
+    """Per variant: Pc (perplexity ratio), Tc and Ec (time and energy ratios from the paired,
+    interleaved comparison, with 95% CIs and a paired-t significance flag) against the same
+    model's base, and opt = Pc^1.5·(α·Tc + β·Ec) for the balanced, energy and runtime presets
+    (paper Eq. 1, Table 3). Lower is better. Where the benchmark round ran on a variant and its
+    base, the quality term is the mean of Pc_n^1.5 over the perplexity ratio and every informative
+    benchmark (§3.4.1; one whose base is above chance, the others are shown in `flags` and left
+    out); `quality_basis` says which term opt used, and the perplexity-only penalty and opt are
+    kept beside it."""
     table = apply_benchmark_quality(opt_table(measurements), benchmark_run)
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
     (REPORTS_DIR / "opt_scores.md").write_text(markdown_table(table) + "\n")
