@@ -5,13 +5,17 @@ Candidates: torch's per-tensor dynamic int8 as is; SmoothQuant (Xiao et al. 2023
 it, at a few migration strengths α; the same with down_proj kept in fp32 (mixed precision);
 per-tensor with down_proj in fp32; per-token activation scales with per-row int8 weights through
 ``torch._int_mm`` (int32 accumulation, rescaled by the outer product of the scales), with and
-without smoothing. Perplexity: the project's evaluator on the first ``--tokens`` WikiText-2 test
-tokens. Speed: forward passes over ``--speed-tokens`` tokens, each candidate timed right after
+without smoothing, eager or with its elementwise passes fused by torch.compile (``fused``: the
+``int8-dyn`` default since issue 15's profile), with or without lm_head quantized. The first
+window's time (torch.compile's included for ``fused``) is printed beside. Perplexity: the project's evaluator on the first ``--tokens`` WikiText-2 test
+tokens. Speed: one evaluator window of ``--speed-tokens`` tokens (backbone, lm_head, loss: what Tc
+times; before 2026-11-30 02:40 the backbone alone), each candidate timed right after
 the fp32 base in alternating order (ABBA), the median of the per-pair ratios reported with its
 range, so load from other processes hits both arms of a pair alike.
 
     .venv/bin/python benchmarks/int8_activation_scaling.py [--tokens 4096] [--max-length 1024]
-        [--candidates per-tensor,smoothquant-0.5,...] [--pairs 6] [--speed-tokens 1024]
+        [--candidates per-tensor,per-token-sq0.5,fused-sq0.5-mixed,...] [--pairs 6] [--speed-tokens 1024]
+        [--threads N]
 """
 
 import argparse
@@ -24,50 +28,19 @@ from torch import nn
 
 import speed_common as common
 from llmopt_assets.measure.corpus import WIKITEXT2_VALID, calibration_windows, file_text, tokenize_stream
-from llmopt_assets.measure.perplexity import PerplexityProtocol, evaluate_perplexity
+from llmopt_assets.measure.perplexity import PerplexityProtocol, batch_nll, evaluate_perplexity
 from llmopt_assets.profiles import PROFILES
 from llmopt_assets.techniques import quantization, smoothing
 from llmopt_assets.techniques.variants import CALIBRATION_SEED
 
 
-class PerTokenInt8Linear(nn.Module):
-    """Candidate (b): int8 weights with one symmetric scale per output row, activations quantized
-    symmetrically with one scale per token at run time, ``torch._int_mm`` (int8 x int8 -> int32),
-    then y = acc · s_token ⊗ s_row + bias."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        weight = linear.weight.detach()
-        scale = weight.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        self.register_buffer("weight_t", torch.round(weight / scale[:, None]).to(torch.int8).t().contiguous())
-        self.register_buffer("weight_scale", scale)
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        token_scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
-        codes = torch.round(rows / token_scale).to(torch.int8)
-        if codes.shape[0] <= 16:  # _int_mm wants more than 16 rows
-            codes = torch.cat([codes, codes.new_zeros(17 - codes.shape[0], codes.shape[1])])
-        accumulated = torch._int_mm(codes, self.weight_t)[: rows.shape[0]]
-        out = accumulated.float().mul_(token_scale).mul_(self.weight_scale)
-        if self.bias is not None:
-            out.add_(self.bias)
-        return out.reshape(*x.shape[:-1], -1)
-
-
-def per_token(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> None:
-    for name in quantization.quantizable_linear_names(model, skip):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, PerTokenInt8Linear(getattr(parent, child)))
-
-
 def build(candidate: str, base: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """candidate: <scales>[-sq<α>][-mixed][-8bit]. scales: per-tensor (torch's layer as is),
+    """candidate: <scales>[-sq<α>][-mixed][-8bit][-head]. scales: per-tensor (torch's layer as is),
     per-token (quantization.TokenScaledDynamicLinear: per-token scales on torch's kernel), intmm
-    (PerTokenInt8Linear above); -sq<α>: SmoothQuant folded first; -mixed: down_proj kept in fp32;
-    -8bit: torch's layer called with the full 8-bit activation range (reduce_range=False)."""
+    (quantization.PerTokenInt8Linear: per-token int8 through torch._int_mm, elementwise passes in
+    eager torch), fused (the same with its passes fused by torch.compile: the int8-dyn default);
+    -sq<α>: SmoothQuant folded first; -mixed: down_proj kept in fp32; -8bit: torch's layer called
+    with the full 8-bit activation range (reduce_range=False); -head: lm_head quantized too."""
     model = copy.deepcopy(base)
     if candidate == "fp32":
         return model
@@ -76,11 +49,17 @@ def build(candidate: str, base: nn.Module, calibration: torch.Tensor) -> nn.Modu
     for option in options:
         if option.startswith("sq"):
             smoothing.smooth(model, calibration, float(option[2:]))
-    skip = ("lm_head", "down_proj") if "mixed" in options else ("lm_head",)
-    if scales == "intmm":
-        per_token(model, skip)
-    else:
-        quantization.quantize(model, "int8-dyn", skip_modules=skip, activation_scaling=scales)
+    int_mm = scales in ("intmm", "fused")
+    quantization.quantize(
+        model, "int8-dyn",
+        activation_scaling=quantization.PER_TOKEN if int_mm else scales,
+        int8_kernel=quantization.INT_MM if int_mm else quantization.FBGEMM,
+        fp32_modules=("down_proj",) if "mixed" in options else (),
+        quantize_lm_head="head" in options,
+    )
+    for module in model.modules():
+        if isinstance(module, quantization.PerTokenInt8Linear) and scales == "intmm":
+            module.fusion = quantization.EAGER
     if "8bit" in options:
         for module in model.modules():
             if isinstance(module, quantization.quantized_dynamic.Linear):
@@ -89,11 +68,11 @@ def build(candidate: str, base: nn.Module, calibration: torch.Tensor) -> nn.Modu
     return model.eval()
 
 
-def forward_seconds(model: nn.Module, ids: torch.Tensor) -> Callable[[], float]:
+def window_seconds(model: nn.Module, ids: torch.Tensor) -> Callable[[], float]:
+    """One evaluator window as Tc times it: backbone, lm_head in chunks and the loss (batch_nll)."""
     def run() -> float:
         started = time.perf_counter()
-        with torch.inference_mode():
-            model.model(input_ids=ids, use_cache=False)
+        batch_nll(model.base_model, model.get_output_embeddings(), ids, [ids.shape[1] - 1])
         return time.perf_counter() - started
     return run
 
@@ -104,10 +83,13 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--candidates", default=(
         "per-tensor,per-tensor-sq0.5,per-tensor-sq0.5-mixed,per-token,per-token-sq0.5,per-token-sq0.5-mixed,"
-        "intmm,intmm-sq0.5"))
+        "intmm-sq0.5,fused-sq0.5,fused-sq0.5-mixed,fused-sq0.5-mixed-head"))
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--speed-tokens", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     common.header("int8-dyn activation scaling: perplexity and paired speed vs fp32")
     base, tokenizer = common.load_model()
     profile = PROFILES["smoke"]
@@ -121,17 +103,20 @@ def main() -> None:
           f"speed: forward over {args.speed_tokens} tokens, {args.pairs} ABBA pairs per candidate\n")
     reference = evaluate_perplexity(base, ids, protocol).perplexity
     print(f"fp32: perplexity {reference:.4f}\n")
-    print("| candidate | perplexity | change vs fp32 | time ratio vs fp32, median of pairs (range) |")
-    print("|---|---|---|---|")
-    base_run = forward_seconds(base, speed_ids)
+    print("| candidate | perplexity | change vs fp32 | time ratio vs fp32, median of pairs (range) "
+          "| first window, s (compile included) |")
+    print("|---|---|---|---|---|")
+    base_run = window_seconds(base, speed_ids)
     for candidate in args.candidates.split(","):
         model = build(candidate, base, calibration)
+        run = window_seconds(model, speed_ids)
+        first = run()  # warm-up: kernel selection, packed weights, torch.compile for the fused kernel
         perplexity = evaluate_perplexity(model, ids, protocol).perplexity
         if args.pairs == 0:
-            print(f"| {candidate} | {perplexity:.4f} | {perplexity / reference - 1:+.2%} | not timed |", flush=True)
+            print(f"| {candidate} | {perplexity:.4f} | {perplexity / reference - 1:+.2%} | not timed | {first:.1f} |",
+                  flush=True)
             continue
-        run = forward_seconds(model, speed_ids)
-        run(), base_run()  # warm-up: kernel selection, packed weights
+        run(), base_run()
         ratios = []
         for pair in range(args.pairs):
             if pair % 2 == 0:
@@ -140,7 +125,7 @@ def main() -> None:
                 v, b = run(), base_run()
             ratios.append(v / b)
         print(f"| {candidate} | {perplexity:.4f} | {perplexity / reference - 1:+.2%} | "
-              f"{common.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) |", flush=True)
+              f"{common.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}) | {first:.1f} |", flush=True)
         del model
 
 

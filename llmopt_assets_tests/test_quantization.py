@@ -1,4 +1,5 @@
 import copy
+import os
 
 import bitsandbytes as bnb
 import bitsandbytes.functional as bnb_functional
@@ -16,6 +17,8 @@ from llmopt_assets.techniques.quantization import (
     count_quantized_modules,
     dequantize_4bit_flat_blocks,
     full_range_activations_are_exact,
+    int_mm_fusion,
+    PerTokenInt8Linear,
     quantizable_linear_names,
     quantize,
     weight_bytes,
@@ -406,9 +409,91 @@ def test_dynamic_int8_tiny_model_runs_close_to_fp32(arch: str) -> None:
     assert report.weight_bytes_after < report.weight_bytes_before
 
 
+def per_token_int8_by_hand(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 linear written out in fp64: weight codes round(w / s_row), s_row = max |row|
+    / 127; activation codes round(x / s_token), s_token = max |token| / 127; exact integer sums;
+    y = sums · s_token · s_row + bias."""
+    x, weight = x.double(), weight.double()
+    s_row = weight.abs().amax(dim=1) / 127
+    s_token = x.abs().amax(dim=1) / 127
+    w_codes = torch.round(weight / s_row[:, None])
+    x_codes = torch.round(x / s_token[:, None])
+    assert w_codes.abs().max() <= 127 and x_codes.abs().max() <= 127
+    sums = x_codes @ w_codes.T  # integers below 2^53: exact in fp64
+    return sums * s_token[:, None] * s_row[None, :] + bias.double()
+
+
+IN_CI = os.environ.get("LLMOPT_CI") == "1"  # .ci/run installs g++: there the fused path must run
+
+
+@pytest.mark.parametrize("fusion", ["eager", "inductor"])
+def test_per_token_int8_linear_is_the_fp64_by_hand_scheme(fusion: str) -> None:
+    """PerTokenInt8Linear (torch._int_mm, eager or fused by torch.compile) against the scheme in
+    fp64 by hand, to 1e-6 of the output's norm (fp32 scale products; a code at an exact .5 tie
+    could round the other way in fp32, which these seeded inputs do not hit); a 300x outlier token
+    leaves the other tokens' error at the int8 budget (~1% for 64-wide Gaussian rows)."""
+    if fusion == "inductor" and int_mm_fusion() != "inductor":
+        if IN_CI:
+            pytest.fail("no C++ compiler found for torch.compile: .ci/run installs g++")
+        pytest.skip("no C++ compiler on this machine: the fused path cannot run (see int_mm_fusion)")
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    x = torch.randn(3, 10, 64) + 0.3
+    x[1, 4] *= 300.0
+    layer = PerTokenInt8Linear(linear, fusion)
+    with torch.inference_mode():
+        output = layer(x)
+    expected = per_token_int8_by_hand(x.reshape(30, 64), linear.weight.detach(), linear.bias.detach()).reshape(3, 10, 48)
+    assert output.shape == (3, 10, 48) and output.dtype == torch.float32
+    assert relative_error(output.double(), expected) < 1e-6
+    exact = linear(x).detach()
+    quiet = torch.ones(3, 10, dtype=torch.bool)
+    quiet[1, 4] = False
+    assert relative_error(output[quiet], exact[quiet]) < 0.02
+    with pytest.raises(TypeError, match="float32 activations"):
+        layer(x.bfloat16())
+
+
+def test_int_mm_kernel_keeps_fp32_modules_and_quantizes_a_tied_lm_head_when_asked() -> None:
+    """int8-dyn on torch._int_mm: the MLP output kept in fp32 by a dotted-suffix name, lm_head
+    (tied to the input embedding in the tiny Llama) quantized as a copy only when asked; the
+    options are refused where they make no sense."""
+    model = tiny_model("llama")
+    tied = model.get_input_embeddings().weight
+    assert model.lm_head.weight is tied
+    token_ids = random_token_ids(2, 24)
+    with torch.no_grad():
+        fp32_logits = model(token_ids).logits
+
+    report = quantize(
+        model, "int8-dyn", activation_scaling="per-token", int8_kernel="int_mm",
+        fp32_modules=("mlp.down_proj",), quantize_lm_head=True,
+    )
+
+    layers = model.config.num_hidden_layers
+    assert report.quantized_modules == 6 * layers + 1
+    assert all(type(layer.mlp.down_proj) is nn.Linear for layer in model.model.layers)
+    assert isinstance(model.lm_head, PerTokenInt8Linear) and isinstance(model.model.layers[0].self_attn.q_proj, PerTokenInt8Linear)
+    assert model.get_input_embeddings().weight is tied  # the embedding lookup stays fp32
+    assert report.config["int8_kernel"] == "int_mm" and report.config["quantize_lm_head"] is True
+    assert report.config["fusion"] == int_mm_fusion()
+    with torch.no_grad():
+        assert relative_error(model(token_ids).logits, fp32_logits) < LOGIT_RELATIVE_TOLERANCE["int8"]
+    with pytest.raises(ValueError, match="quantize_lm_head needs int8_kernel='int_mm'"):
+        quantize(tiny_model("llama"), "int8-dyn", activation_scaling="per-token", quantize_lm_head=True)
+    with pytest.raises(ValueError, match="quantizes activations per token"):
+        quantize(tiny_model("llama"), "int8-dyn", int8_kernel="int_mm")
+    with pytest.raises(ValueError, match="int8 kernel 'int_mm': applies to int8-dyn only"):
+        quantize(tiny_model("llama"), "nf4", int8_kernel="int_mm")
+    with pytest.raises(ValueError, match="unknown int8 kernel"):
+        quantize(tiny_model("llama"), "int8-dyn", int8_kernel="onednn")
+
+
 def test_dynamic_int8_refuses_cuda_and_half_compute() -> None:
     with pytest.raises(ValueError, match="CPU int8 kernels.*'int8' \\(bitsandbytes"):
         quantize(tiny_model("llama"), "int8-dyn", device="cuda")
+    with pytest.raises(ValueError, match="CPU int8 kernels.*'int8' \\(bitsandbytes"):
+        quantize(tiny_model("llama"), "int8-dyn", device="cuda", activation_scaling="per-token", int8_kernel="int_mm")
     with pytest.raises(ValueError, match="float32 activations"):
         quantize(tiny_model("llama"), "int8-dyn", compute_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="not a bitsandbytes scheme"):

@@ -157,16 +157,22 @@ def test_int8_dyn_variant_records_its_activation_scaling_and_loads_what_was_buil
     step = next(s for s in manifest.recipe if s["step"] == "quantize")
     assert step["activation_scaling"] == "per-token" and step["smoothquant_alpha"] == 0.5
     assert step["calibration"] == {"samples": 3, "length": 40, "seed": 0}
+    assert step["int8_kernel"] == "int_mm" and step["fp32_modules"] == ["down_proj", "fc2", "mlp.c_proj"]
     assert manifest.load["activation_scaling"] == "per-token"
+    assert manifest.load["int8_kernel"] == "int_mm"
+    assert manifest.load["fp32_modules"] == ["down_proj", "fc2", "mlp.c_proj"]
     assert manifest.load["smoothing"]["alpha"] == 0.5
     assert details["quantize"]["config"]["activation_scaling"] == "per-token"
+    assert details["quantize"]["config"]["quantize_lm_head"] is False
     assert details["quantize"]["smoothing"]["smoothed_layers"] == 4 * 7
+    # 4 layers x 7 linears, down_proj kept in fp32
+    assert details["quantize"]["quantized_modules"] == 4 * 6
     loaded, _ = load_variant(store, manifest)
     # the same variant built by hand: factors from the same windows, folded, then quantized
     from llmopt_assets.measure.corpus import calibration_windows
     expected, _ = load_variant(store, store.manifest("tiny", "base"))  # as stored, SDPA attention
     smoothing.smooth(expected, calibration_windows(calibration_stream, 3, 40, seed=0), 0.5)
-    quantize(expected, "int8-dyn", activation_scaling="per-token")
+    quantize(expected, "int8-dyn", activation_scaling="per-token", int8_kernel="int_mm", fp32_modules=("down_proj",))
     token_ids = random_token_ids(2, 24)
     assert relative_error(logits(loaded, token_ids), logits(expected, token_ids)) < 1e-6
 
@@ -177,3 +183,9 @@ def test_int8_dyn_variant_records_its_activation_scaling_and_loads_what_was_buil
 
     plain, _ = materialize_variant(store, "tiny", parse("int8-dyn-tensor"), profile, log=lambda m: None)
     assert "smoothing" not in plain.load and plain.load["activation_scaling"] == "per-tensor"
+    fbgemm, _ = materialize_variant(store, "tiny", parse("int8-dyn-fbgemm"), profile, log=lambda m: None)
+    assert fbgemm.load["activation_scaling"] == "per-token" and "int8_kernel" not in fbgemm.load
+    assert type(load_variant(store, fbgemm)[0].model.layers[0].mlp.down_proj).__name__ == "TokenScaledDynamicLinear"
+    head, head_details = materialize_variant(store, "tiny", parse("int8-dyn-lmhead"), profile, log=lambda m: None)
+    assert head.load["quantize_lm_head"] is True and head_details["quantize"]["quantized_modules"] == 4 * 6 + 1
+    assert type(load_variant(store, head)[0].lm_head).__name__ == "PerTokenInt8Linear"

@@ -44,7 +44,6 @@ def load_variant(
             factors = smoothing.load_factors(path, smoothed["sha256"] if verify else None)
             smoothing.fold_smoothing(model, smoothing.smoothing_groups(model)[0], factors)
         quantization.quantize(
-            model, scheme, compute_dtype=dtype, device=device,
-            activation_scaling=manifest.load.get("activation_scaling", quantization.PER_TENSOR),
+            model, scheme, compute_dtype=dtype, device=device, **quantization.recorded_options(manifest.load)
         )
     return model, AutoTokenizer.from_pretrained(directory)

@@ -25,6 +25,8 @@ Two schemes beyond the paper aim at the hardware users have, a CPU (issue 15):
 
 import functools
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,7 +41,7 @@ from transformers.pytorch_utils import Conv1D
 
 # Bump with any change to how bitsandbytes quantization is applied (int8, nf4, fp4 variants):
 # Dagster then marks what it made stale.
-CODE_VERSION = "2"  # 2: int8-dyn with SmoothQuant factors (issue 15)
+CODE_VERSION = "3"  # 2: int8-dyn with SmoothQuant factors; 3: int8-dyn on torch._int_mm, fused (issue 15)
 
 
 class _HubKernelNotice(logging.Filter):
@@ -69,9 +71,17 @@ import bitsandbytes as bnb  # noqa: E402  (after the filter: the notice is logge
 # into the weights before either (techniques/smoothing.py).
 PER_TENSOR, PER_TOKEN = "per-tensor", "per-token"
 ACTIVATION_SCALINGS = (PER_TENSOR, PER_TOKEN)
+# int8-dyn's kernel, another recorded choice (issue 15): fbgemm's dynamic linear (torch.ao's layer;
+# per-token scales by dividing each token first: TokenScaledDynamicLinear), or int8 x int8 ->
+# int32 through torch._int_mm with symmetric per-token activation codes (PerTokenInt8Linear), its
+# quantize prologue and dequantize epilogue fused by torch.compile where a C++ compiler is found.
+FBGEMM, INT_MM = "fbgemm", "int_mm"
+INT8_KERNELS = (FBGEMM, INT_MM)
+# The recorded int8-dyn options of a recipe step, passed as they are to ``quantize`` (variants.py
+# copies them into the manifest's load instructions, loading.py reads them back).
+INT8_DYN_OPTIONS = ("activation_scaling", "int8_kernel", "fp32_modules", "quantize_lm_head")
 BNB_SCHEMES = ("int8", "nf4", "fp4")
 SCHEMES = (*BNB_SCHEMES, "int8-dyn", "bf16")
-QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit, quantized_dynamic.Linear)
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 _CLASS_NAMES = {quantized_dynamic.Linear: "DynamicQuantizedLinear"}  # its own name is "Linear"
 BLOCKSIZE_4BIT = 64  # QLoRA's block size for the absmax constants (bitsandbytes' default)
@@ -134,6 +144,9 @@ def quantize(
     cpu_fused_4bit: bool = True,
     device: str | torch.device = "cpu",
     activation_scaling: str = PER_TENSOR,
+    int8_kernel: str = FBGEMM,
+    fp32_modules: Sequence[str] = (),
+    quantize_lm_head: bool = False,
 ) -> QuantizationReport:
     """Replace the model's linear layers by bitsandbytes ones, in place, and quantize them on ``device``.
 
@@ -153,23 +166,43 @@ def quantize(
     the weights on CPU and runs a plain floating point matmul.
 
     ``int8-dyn`` needs ``device='cpu'`` and fp32 compute; its ``activation_scaling`` is
-    ``per-tensor`` (torch's layer as is) or ``per-token`` (TokenScaledDynamicLinear). ``bf16``
-    casts the whole model and ignores ``compute_dtype`` (see the module docstring).
+    ``per-tensor`` (torch's layer as is) or ``per-token``; its ``int8_kernel`` is ``fbgemm``
+    (torch's layer; per-token through TokenScaledDynamicLinear) or ``int_mm`` (per-token only:
+    PerTokenInt8Linear). ``fp32_modules`` are kept in fp32 like ``skip_modules`` (a recorded
+    mixed-precision choice); ``quantize_lm_head`` quantizes the output embedding too (int_mm only,
+    a copy when it is tied to the input embedding). ``bf16`` casts the whole model and ignores
+    ``compute_dtype`` (see the module docstring).
     """
     _check_scheme(scheme)
     if activation_scaling not in ACTIVATION_SCALINGS:
         raise ValueError(f"unknown activation scaling {activation_scaling!r}; known: {ACTIVATION_SCALINGS}")
-    if activation_scaling != PER_TENSOR and scheme != "int8-dyn":
-        raise ValueError(f"activation scaling {activation_scaling!r} applies to int8-dyn only, not {scheme!r}")
+    if int8_kernel not in INT8_KERNELS:
+        raise ValueError(f"unknown int8 kernel {int8_kernel!r}; known: {INT8_KERNELS}")
+    int8_dyn_options = [
+        f"{name} {value!r}" for name, value, default in (
+            ("activation scaling", activation_scaling, PER_TENSOR), ("int8 kernel", int8_kernel, FBGEMM),
+            ("quantize_lm_head", quantize_lm_head, False),
+        ) if value != default
+    ]
+    if int8_dyn_options and scheme != "int8-dyn":
+        raise ValueError(f"{', '.join(int8_dyn_options)}: applies to int8-dyn only, not {scheme!r}")
+    if int8_kernel == INT_MM and activation_scaling != PER_TOKEN:
+        raise ValueError("the int_mm kernel quantizes activations per token: use activation_scaling='per-token'")
+    if quantize_lm_head and int8_kernel != INT_MM:
+        raise ValueError("quantize_lm_head needs int8_kernel='int_mm' (fbgemm's layer has no per-token scales)")
+    skip_modules = (*skip_modules, *fp32_modules)
     device = torch.device(device)
     if scheme == "int8-dyn":
         _check_int8_dynamic_fits(device, compute_dtype)
+    fusion = int_mm_fusion() if int8_kernel == INT_MM else None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
     if scheme == "int8":
         _silence_fp16_cast_warning()
 
     names = quantizable_linear_names(model, skip_modules)
+    if quantize_lm_head:
+        names += _output_embedding_names(model)
     skipped = [
         name for name, module in model.named_modules()
         if isinstance(module, (nn.Linear, Conv1D)) and name not in names
@@ -191,8 +224,12 @@ def quantize(
         linear = conv1d_to_linear(original) if isinstance(original, Conv1D) else original
         bias = None if linear.bias is None else linear.bias.detach()
         if scheme == "int8-dyn":
-            per_token = activation_scaling == PER_TOKEN
-            quantized = TokenScaledDynamicLinear(linear) if per_token else dynamic_int8_linear(linear)
+            if int8_kernel == INT_MM:
+                quantized = PerTokenInt8Linear(linear, fusion)
+            elif activation_scaling == PER_TOKEN:
+                quantized = TokenScaledDynamicLinear(linear)
+            else:
+                quantized = dynamic_int8_linear(linear)
             setattr(parent, child_name, quantized.train(original.training))
             del original, linear
             continue
@@ -225,10 +262,25 @@ def quantize(
     if scheme in ("int8-dyn", "bf16"):
         config = {"method": "torch", "scheme": scheme, "device": str(device),
                   "torch_version": torch.__version__, "skip_modules": list(skip_modules)}
-    if scheme == "int8-dyn":
+    if scheme == "int8-dyn" and int8_kernel == INT_MM:
         config |= {
+            "int8_kernel": INT_MM,
+            "fusion": fusion,
+            "weights": "int8, symmetric, one scale per output row (absmax / 127)",
+            "activation_scaling": activation_scaling,
+            "activation_bits": 8,
+            "activations": "int8, symmetric, one scale per token (max |x| / 127) chosen at run time",
+            "accumulation": "int32 (torch._int_mm), then times token scale x row scale, plus bias, in fp32",
+            "fp32_modules": list(fp32_modules),
+            "quantize_lm_head": quantize_lm_head,
+            "compute_dtype": "float32",
+        }
+    elif scheme == "int8-dyn":
+        config |= {
+            "int8_kernel": FBGEMM,
             "engine": torch.backends.quantized.engine,
             "weights": "int8, symmetric, one scale per output row (absmax / 127.5)",
+            "fp32_modules": list(fp32_modules),
             "activation_scaling": activation_scaling,
             "activation_bits": 8 if activation_scaling == PER_TOKEN and full_range_activations_are_exact() else 7,
             "activations": (
@@ -276,7 +328,8 @@ def quantize(
 
 
 def quantizable_linear_names(model: nn.Module, skip_modules: Sequence[str] = ("lm_head",)) -> list[str]:
-    """Dotted names of the nn.Linear / Conv1D layers that ``quantize`` replaces, in model order."""
+    """Dotted names of the nn.Linear / Conv1D layers that ``quantize`` replaces, in model order.
+    A skip entry is a full dotted name, one component of it, or a dotted suffix ('mlp.c_proj')."""
     output_embeddings = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
     embedding_weights = {
         id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
@@ -286,13 +339,30 @@ def quantizable_linear_names(model: nn.Module, skip_modules: Sequence[str] = ("l
         if not isinstance(module, (nn.Linear, Conv1D)) or isinstance(module, QUANTIZED_MODULE_TYPES):
             continue
         skipped_by_name = any(
-            name == skip or skip in name.split(".") for skip in skip_modules
+            name == skip or skip in name.split(".") or name.endswith("." + skip) for skip in skip_modules
         )
         tied = id(module.weight) in embedding_weights
         if skipped_by_name or tied or module is output_embeddings:
             continue
         names.append(name)
     return names
+
+
+def _output_embedding_names(model: nn.Module) -> list[str]:
+    output_embeddings = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    names = [name for name, module in model.named_modules() if module is output_embeddings]
+    if not names or not isinstance(output_embeddings, nn.Linear):
+        raise ValueError(f"{type(model).__name__} has no linear output embedding to quantize")
+    return names
+
+
+def recorded_options(step: dict) -> dict[str, object]:
+    """The int8-dyn options a recipe step or a manifest's load instructions record, as ``quantize``
+    keyword arguments (absent ones keep quantize's defaults, as variants built before them ran)."""
+    options = {name: step[name] for name in INT8_DYN_OPTIONS if name in step}
+    if "fp32_modules" in options:
+        options["fp32_modules"] = tuple(options["fp32_modules"])
+    return options
 
 
 def count_quantized_modules(model: nn.Module) -> int:
@@ -415,12 +485,91 @@ class TokenScaledDynamicLinear(nn.Module):
         return output if self.bias is None else output.add_(self.bias)
 
 
+def per_token_int8_matmul(
+    rows: torch.Tensor, weight_t: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """rows [tokens, in] fp32 times the int8 weight codes ``weight_t`` [in, out] (one symmetric
+    scale per output column here, per output row of the layer): each token quantized to int8 with
+    its own scale max |x| / 127, int32 accumulation, y = acc · s_token · s_row (+ bias)."""
+    token_scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / 127.0
+    codes = torch.round(rows / token_scale).to(torch.int8)  # |rows / scale| <= 127: no clamp needed
+    output = torch._int_mm(codes, weight_t).float() * token_scale * weight_scale
+    return output if bias is None else output + bias
+
+
+EAGER, INDUCTOR = "eager", "inductor"
+
+
+@functools.cache
+def int_mm_fusion() -> str:
+    """How PerTokenInt8Linear runs its elementwise passes here: ``inductor`` (torch.compile fuses
+    the per-token quantize into one pass and the int32 -> fp32 rescale into another; inductor
+    writes C++ and needs a compiler) or, where no C++ compiler is found, ``eager`` (the same
+    arithmetic in separate torch ops: the same outputs, slower; the reason is logged and the
+    quantization report records which ran). ``LLMOPT_INT8_FUSION=eager`` asks for eager."""
+    if os.environ.get("LLMOPT_INT8_FUSION") == EAGER:
+        return EAGER
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None and shutil.which("g++") is None:
+        logging.getLogger(__name__).warning(
+            "int8-dyn: no C++ compiler (%s or g++) on PATH, so torch.compile cannot fuse the int_mm "
+            "kernel's quantize and rescale passes: running them eagerly (same outputs, slower). "
+            "Install one (Debian: apt-get install g++) for the fused path.", compiler)
+        return EAGER
+    return INDUCTOR
+
+
+@functools.cache
+def _compiled_per_token_int8_matmul():
+    # dynamic=True: one graph for every layer shape and window length (no recompiles per window).
+    return torch.compile(per_token_int8_matmul, dynamic=True)
+
+
+class PerTokenInt8Linear(nn.Module):
+    """A linear layer as int8 x int8 -> int32 products through ``torch._int_mm``.
+
+    Weights: int8 codes, one symmetric scale per output row (absmax / 127). Activations: each
+    token quantized at run time with its own symmetric scale (max |x| / 127), so an outlier token
+    costs the others nothing. Output: the int32 sums times token scale times row scale, plus the
+    bias, in fp32 (per_token_int8_matmul). The quantize and rescale passes around the kernel are
+    what eats an int8 kernel's gain on a CPU when each is its own torch op; ``fusion='inductor'``
+    compiles them (see int_mm_fusion)."""
+
+    def __init__(self, linear: nn.Linear, fusion: str = EAGER):
+        super().__init__()
+        if fusion not in (EAGER, INDUCTOR):
+            raise ValueError(f"unknown fusion {fusion!r}; known: {(EAGER, INDUCTOR)}")
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp_min(1e-30) / 127.0
+        codes = torch.round(weight / scale[:, None]).to(torch.int8)
+        self.register_buffer("weight_t", codes.t().contiguous())  # [in, out]: _int_mm's layout
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.fusion = fusion
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:
+            raise TypeError(f"PerTokenInt8Linear takes float32 activations, not {x.dtype}")
+        rows = x.reshape(-1, self.in_features)
+        matmul = _compiled_per_token_int8_matmul() if self.fusion == INDUCTOR else per_token_int8_matmul
+        output = matmul(rows, self.weight_t, self.weight_scale, self.bias)
+        return output.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fusion={self.fusion}"
+
+
+QUANTIZED_MODULE_TYPES = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit, quantized_dynamic.Linear, PerTokenInt8Linear)
+
+
 def _check_int8_dynamic_fits(device: torch.device, compute_dtype: torch.dtype) -> None:
     if device.type != "cpu":
         raise ValueError(
-            f"int8-dyn runs on torch's CPU int8 kernels (fbgemm / oneDNN); torch has no "
-            f"{device.type} kernel for dynamic int8 linear layers. On a GPU use 'int8' "
-            "(bitsandbytes LLM.int8) instead."
+            f"int8-dyn runs on torch's CPU int8 kernels (fbgemm's dynamic linear, or torch._int_mm with "
+            f"its quantize and rescale passes compiled for the CPU); torch has no {device.type} kernel for "
+            "fbgemm's dynamic int8 layers, and the int_mm path is built and measured for the CPU only. "
+            "On a GPU use 'int8' (bitsandbytes LLM.int8) instead."
         )
     if compute_dtype != torch.float32:
         raise ValueError(

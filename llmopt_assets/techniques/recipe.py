@@ -8,6 +8,11 @@ the steps are applied in a fixed order: distil, then prune (heads, then weights)
 import itertools
 from dataclasses import dataclass
 
+# int8-dyn on torch._int_mm (issue 15), and the MLP output projection under each family's name
+# (Llama, OPT, GPT-2: GPT-2's attention output is also c_proj, hence the dotted suffix).
+INT8_DYN_INT_MM = {"activation_scaling": "per-token", "int8_kernel": "int_mm", "smoothquant_alpha": 0.5}
+MLP_OUTPUT = ("down_proj", "fc2", "mlp.c_proj")
+
 # Each family: key -> step. The key order inside a family is the order in generated lists.
 DISTILL = {
     "kd": {"step": "distill", "divergence": "forward"},
@@ -32,10 +37,18 @@ QUANTIZE = {
     # weights and compute. bf16 is a precision, not a quantizer, but it composes the same way:
     # one per variant, applied at load over the parent's (pruned / distilled) weights.
     # int8-dyn: SmoothQuant (Xiao et al. 2023) factors at the paper's α = 0.5 folded into the
-    # weights, then torch's dynamic int8 kernel with one activation scale per token (see
-    # quantization.TokenScaledDynamicLinear). int8-dyn-tensor: torch's layer as is, one scale per
-    # activation tensor (3x the perplexity on SmolLM2-135M: benchmarks/README.md), for comparison.
-    "int8-dyn": {"step": "quantize", "scheme": "int8-dyn", "activation_scaling": "per-token", "smoothquant_alpha": 0.5},
+    # weights, then int8 x int8 -> int32 through torch._int_mm with one activation scale per token,
+    # the quantize and rescale passes fused by torch.compile (quantization.PerTokenInt8Linear), the
+    # MLP's output projection (its input has the widest outliers) and lm_head kept in fp32: the
+    # fastest candidate under 1% perplexity in issue 15's profile (benchmarks/README.md). Named
+    # alternatives: int8-dyn-full (the MLP output in int8 too), int8-dyn-lmhead (lm_head in int8
+    # too), int8-dyn-fbgemm (per-token scales on torch's fbgemm layer: the default before),
+    # int8-dyn-tensor (torch's layer as is, one scale per activation tensor: 3x the perplexity).
+    "int8-dyn": {"step": "quantize", "scheme": "int8-dyn", **INT8_DYN_INT_MM, "fp32_modules": list(MLP_OUTPUT)},
+    "int8-dyn-full": {"step": "quantize", "scheme": "int8-dyn", **INT8_DYN_INT_MM},
+    "int8-dyn-lmhead": {"step": "quantize", "scheme": "int8-dyn", **INT8_DYN_INT_MM,
+                        "fp32_modules": list(MLP_OUTPUT), "quantize_lm_head": True},
+    "int8-dyn-fbgemm": {"step": "quantize", "scheme": "int8-dyn", "activation_scaling": "per-token", "smoothquant_alpha": 0.5},
     "int8-dyn-tensor": {"step": "quantize", "scheme": "int8-dyn", "activation_scaling": "per-tensor"},
     "bf16": {"step": "quantize", "scheme": "bf16"},
 }
@@ -90,7 +103,7 @@ def _family_of(part: str) -> str:
     raise RecipeError(
         f"unknown technique {part!r}. Valid keys: {', '.join(technique_keys())}; "
         "combine one per family with '+': distillation (kd, kd-rkl), quantization "
-        "(int8, fp4, nf4, int8-dyn, int8-dyn-tensor, bf16), head pruning (ah90, ah80), weight pruning "
+        "(int8, fp4, nf4, int8-dyn, int8-dyn-full, int8-dyn-lmhead, int8-dyn-fbgemm, int8-dyn-tensor, bf16), head pruning (ah90, ah80), weight pruning "
         "(sparsegpt-2:4, sparsegpt-50, magnitude-2:4)"
     )
 

@@ -301,9 +301,9 @@ def materialize_variant(
         "quantizable_linear_layers": quantizable,
         "bnb_modules_found": quantization.count_quantized_modules(model),
     }
-    load: dict = {"quantization": quant["scheme"]}
-    if "activation_scaling" in quant:
-        load["activation_scaling"] = quant["activation_scaling"]
+    load: dict = {"quantization": quant["scheme"], **quantization.recorded_options(quant)}
+    if "fp32_modules" in load:
+        load["fp32_modules"] = list(load["fp32_modules"])  # JSON
     steps = [versioned(step) for step in recipe.steps]
     extra_files = None
     if outcome.factors is not None:
@@ -338,7 +338,7 @@ def quantize_step(
 ) -> QuantizeOutcome:
     """Apply a recipe's quantize step to a model in memory: SmoothQuant first when the step names
     a migration strength (factors from the profile's smoothing windows of ``calibration_stream``,
-    the calibration split's tokens), then the scheme with the step's activation scaling."""
+    the calibration split's tokens), then the scheme with the step's recorded int8-dyn options."""
     factors = report = None
     if step.get("smoothquant_alpha") is not None:
         if calibration_stream is None:
@@ -346,8 +346,5 @@ def quantize_step(
         length = min(profile.smoothing_length, context_length(model))
         calibration = calibration_windows(calibration_stream, profile.smoothing_samples, length, seed=CALIBRATION_SEED)
         factors, report = smoothing.smooth(model, calibration, step["smoothquant_alpha"])
-    quantized = quantization.quantize(
-        model, step["scheme"], device=device,
-        activation_scaling=step.get("activation_scaling", quantization.PER_TENSOR),
-    )
+    quantized = quantization.quantize(model, step["scheme"], device=device, **quantization.recorded_options(step))
     return QuantizeOutcome(quantized, factors, report)
