@@ -291,14 +291,15 @@ def materialize_variant(
     if quant is None:
         return weights, details
     model, _ = load_variant(store, weights, verify=False)
-    quantizable = len(quantization.quantizable_linear_names(model))
     smoothing_length = min(profile.smoothing_length, context_length(model))
     stream = load_tokens(store.corpus_path(slug, "calibration")) if quant.get("smoothquant_alpha") else None
     outcome = quantize_step(model, quant, stream, profile, device)
     details["quantize"] = {
         **outcome.report.to_dict(),
         "smoothing": outcome.smoothing_report.to_dict() if outcome.smoothing_report else None,
-        "quantizable_linear_layers": quantizable,
+        # the layers the recipe quantizes: every linear but lm_head, less the recipe's fp32_modules,
+        # plus lm_head where it asks (int8-dyn's recorded options)
+        "quantizable_linear_layers": outcome.report.quantizable_modules,
         "bnb_modules_found": quantization.count_quantized_modules(model),
     }
     load: dict = {"quantization": quant["scheme"], **quantization.recorded_options(quant)}
