@@ -23,11 +23,8 @@ from llmopt_assets.defs.measurement.assets import perplexity_run
 from llmopt_assets.defs.models.assets import base_model, compressed_variant
 from llmopt_assets.defs.resources import (
     ComputeResource,
-    EnergyMeterResource,
     EvaluationProfileResource,
-    ModelRegistryResource,
-    ModelStoreResource,
-    PolarsParquetIOManager,
+    project_resources,
 )
 from llmopt_assets.measure.corpus import load_tokens
 from llmopt_assets.measure.repetitions import RepetitionProtocol
@@ -72,14 +69,9 @@ def main() -> None:
         root = Path(scratch)
         registry = root / "models.yaml"
         registry.write_text(f"models:\n  {MODEL}:\n    source: local\n    path: {weights}\n")
-        resources = {
-            "registry": ModelRegistryResource(path=str(registry)),
-            "model_store": ModelStoreResource(root=str(root / "store")),
-            "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
-            "profile": EvaluationProfileResource(profile="smoke", repetitions=1, max_tokens=args.max_tokens),
-            "energy_meter": EnergyMeterResource(meter="cpu-time"),
-            "compute": ComputeResource(),
-        }
+        resources = project_resources(
+            root, EvaluationProfileResource(profile="smoke", repetitions=1, max_tokens=args.max_tokens), ComputeResource()
+        )
         instance = dg.DagsterInstance.ephemeral()
         instance.add_dynamic_partitions("model", [MODEL])
         prepared = dg.materialize([base_model, eval_corpus, calibration_corpus], partition_key=MODEL,

@@ -13,26 +13,20 @@ from llmopt_assets.defs.models.assets import base_model, compressed_variant, dis
 from llmopt_assets.defs.partitions import variant_partitions
 from llmopt_assets.defs.resources import (
     ComputeResource,
-    EnergyMeterResource,
     EvaluationProfileResource,
-    ModelRegistryResource,
-    ModelStoreResource,
-    PolarsParquetIOManager,
+    project_resources,
 )
 
 ROOT_VARIABLE = "LLMOPT_CELERY_TEST_ROOT"
 
 
 def tiny_resources(root: Path) -> dict:
-    return {
-        "registry": ModelRegistryResource(path=str(root / "models.yaml")),
-        "model_store": ModelStoreResource(root=str(root / "store")),
-        "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
-        "profile": EvaluationProfileResource(profile="smoke", repetitions=1, pairs=2, min_repetition_seconds=0.01),
-        "energy_meter": EnergyMeterResource(meter="cpu-time"),
+    return project_resources(
+        root,
+        EvaluationProfileResource(profile="smoke", repetitions=1, pairs=2, min_repetition_seconds=0.01),
         # The GPU executor's resource: on a worker without CUDA it falls back to the CPU and says so.
-        "compute": ComputeResource(device="cuda", threads=1),
-    }
+        ComputeResource(device="cuda", threads=1),
+    )
 
 
 def _definitions() -> dg.Definitions:

@@ -14,12 +14,8 @@ from llmopt_assets.defs.data.assets import calibration_corpus, eval_corpus
 from llmopt_assets.defs.measurement.assets import perplexity_run
 from llmopt_assets.defs.models.assets import base_model, compressed_variant
 from llmopt_assets.defs.resources import (
-    ComputeResource,
-    EnergyMeterResource,
     EvaluationProfileResource,
-    ModelRegistryResource,
-    ModelStoreResource,
-    PolarsParquetIOManager,
+    project_resources,
 )
 from llmopt_assets.measure.corpus import WIKITEXT2_RAW_TEST, corpus_text
 from llmopt_assets.models.store import ModelStore
@@ -40,14 +36,9 @@ def project(tmp_path_factory) -> dict:
     _save_weights(weights, seed=0)
     registry = root / "models.yaml"
     registry.write_text(f"models:\n  {MODEL}:\n    source: local\n    path: {weights}\n")
-    resources = {
-        "registry": ModelRegistryResource(path=str(registry)),
-        "model_store": ModelStoreResource(root=str(root / "store")),
-        "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
-        "profile": EvaluationProfileResource(profile="smoke", repetitions=1, max_length=64, max_tokens=256),
-        "energy_meter": EnergyMeterResource(meter="cpu-time"),
-        "compute": ComputeResource(threads=1),
-    }
+    resources = project_resources(
+        root, EvaluationProfileResource(profile="smoke", repetitions=1, max_length=64, max_tokens=256)
+    )
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("model", [MODEL])
     prepared = dg.materialize([base_model, eval_corpus, calibration_corpus], partition_key=MODEL,

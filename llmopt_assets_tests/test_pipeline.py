@@ -14,11 +14,8 @@ from llmopt_assets.defs.measurement.assets import comparison_run, measurements, 
 from llmopt_assets.defs.models.assets import base_model, compressed_variant, distilled_student
 from llmopt_assets.defs.resources import (
     ComputeResource,
-    EnergyMeterResource,
     EvaluationProfileResource,
-    ModelRegistryResource,
-    ModelStoreResource,
-    PolarsParquetIOManager,
+    project_resources,
 )
 from llmopt_assets.defs.scoring.assets import opt_scores, trade_off_charts
 from llmopt_assets.models.store import ModelStore
@@ -54,20 +51,13 @@ def project(tmp_path_factory) -> dict:
     tokenizer.save_pretrained(weights)
     registry = root / "models.yaml"
     registry.write_text(f"models:\n  {MODEL}:\n    source: local\n    path: {weights}\n")
-    resources = {
-        "registry": ModelRegistryResource(path=str(registry)),
-        "model_store": ModelStoreResource(root=str(root / "store")),
-        "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
-        # Comparisons of 4 pairs of ≥ 20 ms repetitions: the tiny model's windows take ~1 ms.
-        # The sharpened heads are sharp on a different key from each query, which only the
-        # per-query-max criterion prunes (the literal single-key-share one is tested on its own in
-        # test_head_pruning); choosing it here also runs the criterion option end to end.
-        "profile": EvaluationProfileResource(
-            profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02, head_criterion="per-query-max",
-        ),
-        "energy_meter": EnergyMeterResource(meter="cpu-time"),
-        "compute": ComputeResource(threads=1),
-    }
+    # Comparisons of 4 pairs of ≥ 20 ms repetitions: the tiny model's windows take ~1 ms.
+    # The sharpened heads are sharp on a different key from each query, which only the
+    # per-query-max criterion prunes (the literal single-key-share one is tested on its own in
+    # test_head_pruning); choosing it here also runs the criterion option end to end.
+    resources = project_resources(root, EvaluationProfileResource(
+        profile="smoke", repetitions=2, pairs=4, min_repetition_seconds=0.02, head_criterion="per-query-max",
+    ))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("model", [MODEL])
     prepared = dg.materialize(PREPARE, partition_key=MODEL, resources=resources, instance=instance)

@@ -15,10 +15,8 @@ from llmopt_assets.defs.models.assets import base_model, compressed_variant, dis
 import llmopt_assets.techniques.variants as variants
 from llmopt_assets.techniques import head_pruning
 from llmopt_assets.defs.resources import (
-    ComputeResource,
     EvaluationProfileResource,
-    ModelRegistryResource,
-    ModelStoreResource,
+    project_resources,
 )
 from llmopt_assets_tests.tiny_models import tiny_model, tiny_tokenizer
 
@@ -42,12 +40,7 @@ def pipeline(tmp_path_factory) -> dict:
     tiny_tokenizer().save_pretrained(weights)
     registry = root / "models.yaml"
     registry.write_text(f"models:\n  {MODEL}:\n    source: local\n    path: {weights}\n")
-    resources = {
-        "registry": ModelRegistryResource(path=str(registry)),
-        "model_store": ModelStoreResource(root=str(root / "store")),
-        "profile": EvaluationProfileResource(profile="smoke"),
-        "compute": ComputeResource(threads=1),
-    }
+    resources = project_resources(root, EvaluationProfileResource(profile="smoke"))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("model", [MODEL])
 

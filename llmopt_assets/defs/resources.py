@@ -198,6 +198,24 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         return pl.concat([pl.read_parquet(p) for p in present], how="diagonal_relaxed")
 
 
+def project_resources(
+    root: Path,
+    profile: EvaluationProfileResource,
+    compute: ComputeResource | None = None,
+    energy_meter: str = "cpu-time",
+) -> dict[str, dg.ConfigurableResource | dg.ConfigurableIOManager]:
+    """Every resource of a project kept under one folder: the registry at root/models.yaml, the
+    model store at root/store and the tables at root/tables (tests, benchmarks, scratch projects)."""
+    return {
+        "registry": ModelRegistryResource(path=str(root / "models.yaml")),
+        "model_store": ModelStoreResource(root=str(root / "store")),
+        "io_manager": PolarsParquetIOManager(root=str(root / "tables")),
+        "profile": profile,
+        "energy_meter": EnergyMeterResource(meter=energy_meter),
+        "compute": compute if compute is not None else ComputeResource(threads=1),
+    }
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     return dg.Definitions(

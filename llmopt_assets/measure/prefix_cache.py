@@ -22,14 +22,11 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from llmopt_assets.models import architecture
+
 # (request strings or None, context tokens, continuation tokens), as lm-eval hands them over.
 Request = tuple[object, list[int], list[int]]
 
-
-def _cache_argument(model: PreTrainedModel) -> str:
-    """transformers >= 5.2x names the KV cache `cache` (`past_key_values` is deprecated there and
-    goes in 5.40); earlier 5.x releases only know `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ def score_from_shared_context(
     out = model(input_ids=context_ids, use_cache=True, **last_only)
     if on_forward is not None:
         on_forward(context_ids.numel())
-    cache_argument = _cache_argument(model)
+    cache_argument = architecture.cache_argument(model)
     cache = out.get(cache_argument)
     if cache is None:
         raise RuntimeError(f"{type(model).__name__} returned no KV cache")

@@ -1,5 +1,7 @@
 """Where the parts of a causal LM live, per family (GPT-2, OPT, Llama and look-alikes)."""
 
+import inspect
+
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -50,3 +52,10 @@ def context_length(model: PreTrainedModel) -> int:
         if isinstance(value, int) and value > 0:
             return value
     raise ValueError(f"cannot tell the context length of {config.model_type!r}")
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The forward keyword (and output field) of the KV cache: transformers >= 5.2x names it
+    `cache` (`past_key_values` is deprecated there and goes in 5.40); earlier 5.x releases only
+    know `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmopt_assets.measure.corpus import WIKITEXT2_VALID, file_text, save_tokens, tokenize_stream
-from llmopt_assets.models.architecture import context_length
+from llmopt_assets.models.architecture import cache_argument, context_length
 from llmopt_assets.models.store import ModelStore
 from llmopt_assets.profiles import EvaluationProfile
 from llmopt_assets.techniques.distillation import PRESETS
@@ -83,15 +83,17 @@ def sample_teacher_stream(
     teacher.eval()
     sequences: list[torch.Tensor] = []
     produced = 0
+    cache_key = cache_argument(teacher)
     try:
         while produced < n_tokens:
             ids = torch.full((batch_size, 1), start_token_id, dtype=torch.long, device=device)
             output = teacher(input_ids=ids, use_cache=True)
             for _ in range(sequence_length - 1):
+                past = {cache_key: output.get(cache_key)}
                 probabilities = torch.softmax(output.logits[:, -1].float().cpu() / temperature, dim=-1)
                 sampled = torch.multinomial(probabilities, 1, generator=generator).to(device)
                 ids = torch.cat([ids, sampled], dim=1)
-                output = teacher(input_ids=sampled, past_key_values=output.past_key_values, use_cache=True)
+                output = teacher(input_ids=sampled, use_cache=True, **past)
             sequences.extend(ids.cpu())
             produced += ids.numel()
     finally:
