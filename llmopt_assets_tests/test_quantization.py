@@ -489,6 +489,29 @@ def test_int_mm_kernel_keeps_fp32_modules_and_quantizes_a_tied_lm_head_when_aske
         quantize(tiny_model("llama"), "int8-dyn", int8_kernel="onednn")
 
 
+def test_int_mm_without_a_cxx_compiler_runs_eagerly_and_says_so(monkeypatch, caplog) -> None:
+    """No C++ compiler for inductor: the int_mm layers run their passes as torch ops, the same
+    outputs as the fp64 by-hand scheme, a warning names the fix, the report records 'eager'."""
+    import llmopt_assets.techniques.quantization as quantization
+
+    monkeypatch.setattr(quantization.shutil, "which", lambda name: None)
+    int_mm_fusion.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger=quantization.__name__):
+            model = nn.Sequential(nn.Linear(64, 48))
+            report = quantize(model, "int8-dyn", skip_modules=(), activation_scaling="per-token", int8_kernel="int_mm")
+        assert report.config["fusion"] == "eager" and model[0].fusion == "eager"
+        assert "apt-get install g++" in caplog.text
+    finally:
+        int_mm_fusion.cache_clear()
+    x = torch.randn(20, 64)
+    linear = nn.Linear(64, 48)
+    layer = PerTokenInt8Linear(linear)  # the default: eager
+    with torch.no_grad():
+        expected = per_token_int8_by_hand(x, linear.weight, linear.bias)
+        assert relative_error(layer(x).double(), expected) < 1e-6
+
+
 def test_dynamic_int8_refuses_cuda_and_half_compute() -> None:
     with pytest.raises(ValueError, match="CPU int8 kernels.*'int8' \\(bitsandbytes"):
         quantize(tiny_model("llama"), "int8-dyn", device="cuda")
