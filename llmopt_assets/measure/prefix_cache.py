@@ -28,7 +28,6 @@ from llmopt_assets.models import architecture
 Request = tuple[object, list[int], list[int]]
 
 
-
 @dataclass(frozen=True)
 class SharedContexts:
     """Request indices by shared context (two or more continuations each) and the rest."""

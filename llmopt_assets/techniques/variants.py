@@ -291,8 +291,8 @@ def materialize_variant(
     if quant is None:
         return weights, details
     model, _ = load_variant(store, weights, verify=False)
-    smoothing_length = min(profile.smoothing_length, context_length(model))
-    stream = load_tokens(store.corpus_path(slug, "calibration")) if quant.get("smoothquant_alpha") else None
+    smoothed = quant.get("smoothquant_alpha") is not None  # SmoothQuant calibrates on this split
+    stream = load_tokens(store.corpus_path(slug, "calibration")) if smoothed else None
     outcome = quantize_step(model, quant, stream, profile, device)
     details["quantize"] = {
         **outcome.report.to_dict(),
@@ -313,8 +313,7 @@ def materialize_variant(
         def extra_files(directory: Path) -> None:
             (directory / smoothing.FACTORS_FILE).write_bytes(data)
 
-        calibration = {"samples": profile.smoothing_samples, "length": smoothing_length, "seed": CALIBRATION_SEED}
-        steps = [{**s, "calibration": calibration} if s["step"] == "quantize" else s for s in steps]
+        steps = [{**s, "calibration": outcome.calibration} if s["step"] == "quantize" else s for s in steps]
         load["smoothing"] = {"file": smoothing.FACTORS_FILE, "alpha": quant["smoothquant_alpha"],
                              "sha256": hashlib.sha256(data).hexdigest()}
     manifest = store.write_derived(
@@ -328,6 +327,7 @@ class QuantizeOutcome:
     report: quantization.QuantizationReport
     factors: dict[str, torch.Tensor] | None = None  # SmoothQuant factors folded before quantizing
     smoothing_report: smoothing.SmoothingReport | None = None
+    calibration: dict | None = None  # the smoothing windows: samples, length, seed (as recorded)
 
 
 def quantize_step(
@@ -340,12 +340,13 @@ def quantize_step(
     """Apply a recipe's quantize step to a model in memory: SmoothQuant first when the step names
     a migration strength (factors from the profile's smoothing windows of ``calibration_stream``,
     the calibration split's tokens), then the scheme with the step's recorded int8-dyn options."""
-    factors = report = None
+    factors = report = windows = None
     if step.get("smoothquant_alpha") is not None:
         if calibration_stream is None:
             raise ValueError(f"{step.get('key', step)}: SmoothQuant needs the calibration corpus")
         length = min(profile.smoothing_length, context_length(model))
+        windows = {"samples": profile.smoothing_samples, "length": length, "seed": CALIBRATION_SEED}
         calibration = calibration_windows(calibration_stream, profile.smoothing_samples, length, seed=CALIBRATION_SEED)
         factors, report = smoothing.smooth(model, calibration, step["smoothquant_alpha"])
     quantized = quantization.quantize(model, step["scheme"], device=device, **quantization.recorded_options(step))
-    return QuantizeOutcome(quantized, factors, report)
+    return QuantizeOutcome(quantized, factors, report, windows)
