@@ -222,7 +222,6 @@ def quantize(
         parent = model.get_submodule(parent_name)
         original = getattr(parent, child_name)
         linear = conv1d_to_linear(original) if isinstance(original, Conv1D) else original
-        bias = None if linear.bias is None else linear.bias.detach()
         if scheme == "int8-dyn":
             if int8_kernel == INT_MM:
                 quantized = PerTokenInt8Linear(linear, fusion)
@@ -233,6 +232,7 @@ def quantize(
             setattr(parent, child_name, quantized.train(original.training))
             del original, linear
             continue
+        bias = None if linear.bias is None else linear.bias.detach()
         quantized = _quantized_linear(
             linear.weight.detach().contiguous(), bias, scheme,
             compute_dtype, int8_threshold, double_quant, cpu_fused_4bit, device,
