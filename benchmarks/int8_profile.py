@@ -8,6 +8,11 @@ what runs around it, the activation scaling), lm_head, SDPA, RMSNorm, the loss, 
 (embedding, rotary, SiLU·up, residual adds). Profiled times carry the profiler's own overhead
 per op; the unprofiled wall time of the same window is printed beside them.
 
+A second table turns the matmul-shaped parts into GFLOP/s and % of the ``torch.matmul`` peak
+measured in the same run and dtype: the decoder linears and lm_head at 2·in·out per token, SDPA at
+the causal attention's 2·2·head_dim per (query, visible key) pair per head. It shows where the
+evaluator's distance from the peak is (issue 15's "% of peak" counts only 2·params·tokens).
+
     .venv/bin/python benchmarks/int8_profile.py [--tokens 1024] [--variants fp32,int8-dyn,...]
 """
 
@@ -21,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import speed_common as common
 from llmopt_assets.measure.corpus import WIKITEXT2_VALID, file_text, tokenize_stream
+from llmopt_assets.measure.peak import matmul_peak
 from llmopt_assets.measure.perplexity import batch_nll
 from llmopt_assets.profiles import PROFILES
 from llmopt_assets.techniques import quantization
@@ -118,6 +124,21 @@ def breakdown(model: nn.Module, ids: torch.Tensor) -> tuple[dict[str, float], fl
     return table, common.median(walls) * 1e3
 
 
+def gflop(model: nn.Module, tokens: int) -> dict[str, float]:
+    """The FLOPs (in GFLOP) of one window's matmul-shaped parts, counted from the fp32 shapes."""
+    config = model.config
+    linears = sum(
+        2 * m.in_features * m.out_features * tokens
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and "layers." in name
+    )
+    head = 2 * config.hidden_size * config.vocab_size * (tokens - 1)
+    head_dim = config.hidden_size // config.num_attention_heads
+    pairs = tokens * (tokens + 1) / 2  # causal: query t sees keys 0..t
+    sdpa = config.num_hidden_layers * config.num_attention_heads * 2 * 2 * head_dim * pairs
+    return {"decoder linears": linears / 1e9, "lm_head": head / 1e9, "SDPA": sdpa / 1e9}
+
+
 def build(variant: str, base: nn.Module, stream: torch.Tensor) -> nn.Module:
     model = copy.deepcopy(base)
     if variant != "fp32":
@@ -137,9 +158,13 @@ def main() -> None:
     stream = tokenize_stream(tokenizer, file_text(WIKITEXT2_VALID))
     ids = common.wikitext_ids(tokenizer, args.tokens).reshape(1, -1)
     results = {}
+    work = gflop(base, args.tokens)
+    peaks: dict[str, float] = {}
     for variant in args.variants.split(","):
         model = build(variant, base, stream)
+        dtype = next(model.parameters()).dtype
         results[variant] = breakdown(model, ids)
+        peaks[variant] = matmul_peak(dtype).gflops
         del model
     variants = list(results)
     print("| ms | " + " | ".join(variants) + " |")
@@ -147,6 +172,23 @@ def main() -> None:
     print("| window, unprofiled (median of 3) | " + " | ".join(f"{results[v][1]:.0f}" for v in variants) + " |")
     for row in results[variants[0]][0]:
         print(f"| {row} | " + " | ".join(f"{results[v][0].get(row, 0.0):.0f}" for v in variants) + " |")
+    print("\nGFLOP/s (% of the torch.matmul peak measured after each variant, its dtype); an int8")
+    print("variant's linears are counted at the same FLOPs as fp32's, against the fp32/bf16 peak:\n")
+    print("| part | GFLOP | " + " | ".join(variants) + " |")
+    print("|---|---|" + "---|" * len(variants))
+    print("| matmul peak | | " + " | ".join(f"{peaks[v]:.0f}" for v in variants) + " |")
+    for part, amount in work.items():
+        cells = []
+        for v in variants:
+            ms = results[v][0].get(part, 0.0)
+            rate = amount / (ms / 1e3) if ms else float("nan")
+            cells.append(f"{rate:.0f} ({100 * rate / peaks[v]:.0f}%)")
+        print(f"| {part} | {amount:.0f} | " + " | ".join(cells) + " |")
+    total = sum(work.values())
+    print("| whole window, unprofiled (counted parts' FLOPs) | "
+          f"{total:.0f} | " + " | ".join(
+              f"{total / (results[v][1] / 1e3):.0f} ({100 * total / (results[v][1] / 1e3) / peaks[v]:.0f}%)"
+              for v in variants) + " |")
 
 
 if __name__ == "__main__":

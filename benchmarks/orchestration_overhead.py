@@ -7,7 +7,7 @@ The project is a temporary copy: SmolLM2-135M (cached safetensors) as a local re
 the smoke profile, one repetition; the base model, corpora and base variant are prepared first,
 untimed. Rounds alternate which path goes first; medians are reported.
 
-    .venv/bin/python benchmarks/orchestration_overhead.py [--rounds 3] [--max-tokens 1024]
+    .venv/bin/python benchmarks/orchestration_overhead.py [--rounds 5] [--max-tokens 1024]
 """
 
 import argparse
@@ -60,7 +60,7 @@ def bare_core_call(resources: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=1024)
     args = parser.parse_args()
     common.header("Orchestration overhead: one perplexity_run partition, Dagster vs the bare core call")
@@ -93,6 +93,8 @@ def main() -> None:
             for path in order:
                 timings[path].append(through_dagster() if path == "dagster" else bare_core_call(resources))
     dagster, bare = common.median(timings["dagster"]), common.median(timings["bare"])
+    # Each round is a pair run back to back: its difference cancels the machine's slow drift.
+    extra = sorted(d - b for d, b in zip(timings["dagster"], timings["bare"]))
     print(f"smoke profile, {args.max_tokens} tokens, 1 repetition, {args.rounds} alternating rounds\n")
     print("| path | seconds, median (rounds) |")
     print("|---|---|")
@@ -100,6 +102,8 @@ def main() -> None:
         rounds = ", ".join(f"{s:.2f}" for s in timings["dagster" if path.startswith("dg") else "bare"])
         print(f"| {path} | {seconds:.2f} ({rounds}) |")
     print(f"\noverhead: {dagster - bare:+.2f} s, {dagster / bare - 1:+.1%} (target <= +10%)")
+    print(f"per round (Dagster - bare, sorted): {', '.join(f'{x:+.2f}' for x in extra)} s; median "
+          f"{common.median(extra):+.2f} s, {common.median(extra) / bare:+.1%} of the bare call")
 
 
 if __name__ == "__main__":

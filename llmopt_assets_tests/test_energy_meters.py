@@ -1,5 +1,6 @@
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -197,18 +198,38 @@ def test_nvml_device_indices_select_gpus():
     assert reading.joules == pytest.approx(30.0)
 
 
+class StampingClock:
+    """time.perf_counter that remembers, per thread, the stamp it gave last: the fake GPU's power
+    is read at the meter's own stamp, so a thread preempted between stamp and read (a loaded CI
+    machine) cannot move the ramp under the integral."""
+
+    def __init__(self):
+        self.local = threading.local()
+
+    def __call__(self) -> float:
+        self.local.last = time.perf_counter()
+        return self.local.last
+
+
 def test_nvml_sampled_power_integrates_a_ramp():
+    clock = StampingClock()
     origin = time.perf_counter()
     # no energy counter (pre-Volta); power rises 100 W + 400 W/s
-    fake = FakeNvml([None], watts=lambda index, t: 100.0 + 400.0 * (t - origin))
-    meter = NvmlMeter(sample_interval_s=0.01, nvml=fake)
+    read_at: list[float] = []  # the meter's stamp of each power reading
+
+    def ramp(index: int, t: float) -> float:
+        read_at.append(clock.local.last)
+        return 100.0 + 400.0 * (read_at[-1] - origin)
+
+    fake = FakeNvml([None], watts=ramp)
+    meter = NvmlMeter(sample_interval_s=0.01, nvml=fake, clock=clock)
     assert "sampled power" in meter.probe()
     meter.start()
     time.sleep(0.3)
     reading = meter.stop()
     assert reading.method == "sampled-power"
     assert len(fake.power_calls) >= 5
-    (t_first, _), (t_last, _) = fake.power_calls[0], fake.power_calls[-1]
+    t_first, t_last = read_at[0], read_at[-1]
     # exact integral of the ramp between the first and last sample (mW rounding aside)
     def antiderivative(t):
         return 100.0 * (t - origin) + 200.0 * (t - origin) ** 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -34,16 +34,17 @@ def trapezoid_joules(samples: Sequence[tuple[float, float]]) -> float:
 class _PowerSampler:
     """Polls instantaneous power of some GPUs; one sample list per GPU."""
 
-    def __init__(self, read_watts: list[Any], interval_s: float):
+    def __init__(self, read_watts: list[Any], interval_s: float, clock: Callable[[], float] = time.perf_counter):
         self.read_watts = read_watts
         self.interval_s = interval_s
+        self.clock = clock
         self.samples: list[list[tuple[float, float]]] = [[] for _ in read_watts]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nvml-power", daemon=True)
 
     def sample(self) -> None:
         for samples, read in zip(self.samples, self.read_watts):
-            samples.append((time.perf_counter(), read()))
+            samples.append((self.clock(), read()))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -62,7 +63,8 @@ class _PowerSampler:
 class NvmlMeter(EnergyMeter):
     """Energy of all GPUs (or ``device_indices``): counter where supported, else sampled power.
 
-    ``nvml`` may be given a module with pynvml's functions (tests pass a fake).
+    ``nvml`` may be given a module with pynvml's functions (tests pass a fake), ``clock`` the
+    function that stamps the power samples and the span.
     """
 
     name = "nvml"
@@ -72,7 +74,9 @@ class NvmlMeter(EnergyMeter):
         device_indices: Sequence[int] | None = None,
         sample_interval_s: float = 0.05,
         nvml: ModuleType | Any | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ):
+        self.clock = clock
         self.device_indices = list(device_indices) if device_indices is not None else None
         self.sample_interval_s = sample_interval_s
         self._nvml = nvml
@@ -140,8 +144,8 @@ class NvmlMeter(EnergyMeter):
         self._sampler = None
         if sampled:
             readers = [lambda h=h: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0 for _, h in sampled]
-            self._sampler = _PowerSampler(readers, self.sample_interval_s)
-        self._t0 = time.perf_counter()
+            self._sampler = _PowerSampler(readers, self.sample_interval_s, self.clock)
+        self._t0 = self.clock()
         self._counter_start = {
             i: nvml.nvmlDeviceGetTotalEnergyConsumption(h)
             for i, h, _, counter in self._devices
@@ -158,7 +162,7 @@ class NvmlMeter(EnergyMeter):
         }
         if self._sampler is not None:
             self._sampler.stop()
-        seconds = time.perf_counter() - self._t0
+        seconds = self.clock() - self._t0
         if not self._devices:
             why = self._why_unavailable or "no GPU"
             return EnergyReading(self.name, seconds, (unavailable("gpu", "nvml", why),))
