@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 import speed_common as common
 from llmopt_assets.measure.corpus import WIKITEXT2_VALID, file_text, tokenize_stream
 from llmopt_assets.measure.peak import matmul_peak
-from llmopt_assets.measure.perplexity import batch_nll
+from llmopt_assets.measure.perplexity import HEAD_CHUNK_TOKENS, batch_nll
 from llmopt_assets.profiles import PROFILES
 from llmopt_assets.techniques import quantization
 from llmopt_assets.techniques.recipe import QUANTIZE
@@ -88,10 +88,11 @@ def breakdown(model: nn.Module, ids: torch.Tensor) -> tuple[dict[str, float], fl
                     targets = ids[0, 1:]
                     predicting = hidden[0, :-1]
                     total = torch.zeros((), dtype=torch.float64)
-                    for start in range(0, len(targets), 1024):
-                        logits = head(predicting[start:start + 1024]).float()
+                    for start in range(0, len(targets), HEAD_CHUNK_TOKENS):
+                        stop = start + HEAD_CHUNK_TOKENS
+                        logits = head(predicting[start:stop]).float()
                         with record_function("## loss"):
-                            target_logits = logits.gather(1, targets[start:start + 1024, None]).squeeze(1)
+                            target_logits = logits.gather(1, targets[start:stop, None]).squeeze(1)
                             total += (torch.logsumexp(logits, dim=1) - target_logits).sum(dtype=torch.float64)
     for handle in handles:
         handle.remove()

@@ -35,7 +35,15 @@ CODE_VERSION = "2"  # 2: lm_head and loss in chunks of 128 tokens (same numbers,
 # took 0.953x the time in fp32 and 0.833x in bf16: the log-sum-exp reads logits that are still
 # in cache, and 128-row products of the head ran no slower. fp32 sums are bit-identical.
 HEAD_CHUNK_TOKENS = 128
-BATCH_TOKENS = 4096  # tokens through the backbone at once: two 2048 windows, eight of 512
+# Tokens through the backbone at once, by the compute dtype's width. On the 2-core VM (SmolLM2-135M,
+# windows of 512/1024/2048, 3 interleaved rounds) fp32 ran fastest at 1024-2048 and lost 3-11% at
+# 4096 (two 2048 windows' activations no longer stay in cache); bf16 gained 6-30% from 4096.
+BATCH_TOKENS = {4: 2048, 2: 4096}  # element size in bytes -> tokens
+
+
+def default_batch_tokens(dtype: torch.dtype) -> int:
+    """Tokens per backbone call for a model computing in dtype (wider than 4 bytes: as fp32)."""
+    return BATCH_TOKENS[2] if dtype.itemsize <= 2 else BATCH_TOKENS[4]
 
 
 @dataclass(frozen=True)
@@ -167,17 +175,21 @@ def evaluate_perplexity(
     token_ids: torch.Tensor,
     protocol: PerplexityProtocol,
     *,
-    batch_tokens: int = BATCH_TOKENS,
+    batch_tokens: int | None = None,
     compile: bool = False,
 ) -> PerplexityResult:
     """Perplexity of model on a 1-D token stream under protocol.
 
     The model must already be in the protocol's compute dtype (see `load` in the model store);
     loss is accumulated in fp32/fp64 regardless. ``batch_tokens`` and ``compile`` change the
-    speed, not the number (equal to 1e-5 relative in fp32, tested against the HF-guide loop).
+    speed, not the number (equal to 1e-5 relative in fp32, tested against the HF-guide loop);
+    ``batch_tokens`` None takes the default for the model's dtype (``default_batch_tokens``).
     """
     if token_ids.ndim != 1:
         raise ValueError(f"token_ids must be a 1-D token stream, got shape {tuple(token_ids.shape)}")
+    if batch_tokens is None:
+        # the activations' dtype is the embedding's (quantized layers keep theirs fp32 or bf16)
+        batch_tokens = default_batch_tokens(model.get_input_embeddings().weight.dtype)
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be at least 1, got {batch_tokens}")
     n_tokens = budget_tokens(len(token_ids), protocol)
