@@ -14,10 +14,10 @@ scored, so a window never materialises its full [length, vocab] logits (SmolLM2'
 at 2048 tokens would be 400 MB in fp32). Windows of equal length run through the backbone
 together, up to ``BATCH_TOKENS`` tokens a batch (2048 in fp32, 4096 in bf16, as measured):
 short windows then make matrix products tall enough to keep the CPU's matmul units busy; at
-2048 tokens one window already is. The attention
-is whatever the model was loaded with (the store loads SDPA). ``compile=True`` runs the backbone
-through ``torch.compile`` (inductor; off by default: it compiles for a minute or more before the
-first window, which pays only on long evaluations).
+2048 tokens one window already is. The attention is whatever the model was loaded with (the
+store loads SDPA). ``compile=True`` runs the backbone through ``torch.compile`` (inductor; off by
+default: it compiles for a minute or more before the first window, which pays only on long
+evaluations).
 """
 
 import math
